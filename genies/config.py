@@ -1,0 +1,61 @@
+"""Configuration: JSON-schema validation with defaults, plus the checks a schema cannot express."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def check_semantics(config: dict) -> None:
+    """Cross-field checks; raise ConfigError with a message that says what to change."""
+    unknown = [m for m in config["run_models"] if m not in config["models"]]
+    if unknown:
+        raise ConfigError(
+            f"run_models names {unknown} but the model registry (`models:`) only has "
+            f"{sorted(config['models'])}; add a registry entry or fix the name"
+        )
+
+
+def validate_config(config: dict) -> dict:
+    """Return a validated copy of `config` with schema defaults filled in."""
+    config = copy.deepcopy(config)
+    validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        where = "/".join(str(p) for p in err.path) or "(top level)"
+        raise ConfigError(f"invalid config at {where}: {err.message}")
+    check_semantics(config)
+    return config
+
+
+def load_config(path) -> dict:
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return validate_config(config or {})

@@ -1,0 +1,105 @@
+"""Atomic file output and run provenance.
+
+Every artefact is written to a temporary sibling and renamed into place, so a reader (or
+Snakemake after a crash) never sees a half-written file. Provenance (parameters, package
+versions, git commit, wall time, device) travels inside each Parquet file's schema metadata,
+so the aggregation can rebuild the `runs` table from the result files alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PROVENANCE_KEY = b"genies.provenance"
+TRACKED_PACKAGES = ("genies", "torch", "transformers", "peft", "bitsandbytes", "pyarrow", "duckdb")
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to `path`; rename it onto `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_parquet(table: pa.Table, path, metadata: dict | None = None) -> None:
+    """Write `table` atomically; `metadata` (JSON-serialisable) goes into the schema metadata."""
+    if metadata is not None:
+        existing = dict(table.schema.metadata or {})
+        existing[PROVENANCE_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata(existing)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_provenance(path) -> dict:
+    """Return the provenance dict stored by `write_parquet`, or {} if there is none."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(PROVENANCE_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def write_json(obj, path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit(repo_dir=None) -> str | None:
+    """The commit of the workflow checkout (with '-dirty' if modified), or None outside git."""
+    repo_dir = repo_dir or Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo_dir), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+class RunRecord:
+    """Collects provenance for one job; `finish()` returns the dict to store with its output."""
+
+    def __init__(self, job: str, **fields):
+        self.start = time.time()
+        self.fields = {"job": job, **fields}
+
+    def finish(self, **extra) -> dict:
+        return {
+            **self.fields,
+            **extra,
+            "seconds": round(time.time() - self.start, 3),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.start)),
+            "host": platform.node(),
+            "packages": package_versions(),
+            "git_commit": git_commit(),
+        }

@@ -1,0 +1,94 @@
+"""Zero-shot reward: the frozen model's own log-probability of each response.
+
+The score of a response is its total log-probability given the prompt (`sum`) or the mean
+per response token (`mean`). A pair's probability is the Bradley-Terry probability
+sigmoid(s_preferred - s_dispreferred); the pair is correct when s_preferred > s_dispreferred.
+
+`sum` is the default: it ranks pairs exactly like the published code, whose score divided the
+total log-prob by a padded length shared by both responses of a pair (genies-spec.md 4.1), so
+it reproduces the published zero-shot accuracies. The probabilities differ from the published
+ones, which depended on batch padding. `mean` follows the paper's text.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .io import RunRecord, write_parquet
+from .predictions import expand_pairs, predictions_table
+
+FORWARD_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("response_index", pa.int8()),
+        ("logprob_sum", pa.float64()),
+        ("n_tokens", pa.int32()),
+    ]
+)
+NORMALISATIONS = ("sum", "mean")
+
+
+def response_scores(logprob_sum, n_tokens, normalisation: str) -> np.ndarray:
+    logprob_sum = np.asarray(logprob_sum, dtype=np.float64)
+    if normalisation == "sum":
+        return logprob_sum
+    if normalisation == "mean":
+        return logprob_sum / np.maximum(np.asarray(n_tokens, dtype=np.float64), 1.0)
+    raise ValueError(f"unknown normalisation {normalisation!r}; use one of {NORMALISATIONS}")
+
+
+def bradley_terry(score_preferred, score_dispreferred) -> np.ndarray:
+    """sigmoid(a - b), stable for large differences."""
+    diff = np.asarray(score_preferred, np.float64) - np.asarray(score_dispreferred, np.float64)
+    out = np.empty_like(diff)
+    pos = diff >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-diff[pos]))
+    e = np.exp(diff[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+def zero_shot_predictions(
+    examples: pa.Table, forward: pa.Table, normalisation: str, model: str, eval_dataset: str
+) -> pa.Table:
+    """Per-pair predictions for the examples that the forward pass scored."""
+    scored_ids = forward.column("example_id").to_pylist()
+    order = list(dict.fromkeys(scored_ids))
+    position = {eid: i for i, eid in enumerate(order)}
+    wanted = examples.column("example_id").to_pylist()[: len(order)]
+    if wanted != order:
+        raise ValueError(
+            f"forward scores of {eval_dataset} cover {len(order)} examples that do not match "
+            "the first examples of the materialised data; rerun the forward job"
+        )
+    examples = examples.slice(0, len(order))
+    k = examples.column("n_responses")[0].as_py()
+    scores = np.full((len(order), k), np.nan)
+    rows = [position[e] for e in scored_ids]
+    responses = forward.column("response_index").to_numpy()
+    scores[rows, responses] = response_scores(
+        forward.column("logprob_sum").to_numpy(), forward.column("n_tokens").to_numpy(), normalisation
+    )
+    if np.isnan(scores).any():
+        raise ValueError(f"forward scores of {eval_dataset} miss some responses; rerun it")
+    pairs = expand_pairs(examples)
+    rows = pairs["example_row"]
+    s_pref = scores[rows, pairs["preferred_response"]]
+    s_disp = scores[rows, pairs["dispreferred_response"]]
+    return predictions_table(
+        model, "zero_shot", "none", eval_dataset, pairs, bradley_terry(s_pref, s_disp), s_pref > s_disp
+    )
+
+
+def write_zero_shot_predictions(
+    data_file, forward_file, out_path, model: str, eval_dataset: str, normalisation: str
+) -> None:
+    run = RunRecord(
+        "predict", model=model, intervention="zero_shot", train="none", eval=eval_dataset
+    )
+    table = zero_shot_predictions(
+        pq.read_table(data_file), pq.read_table(forward_file), normalisation, model, eval_dataset
+    )
+    write_parquet(table, out_path, run.finish(params={"normalisation": normalisation}))

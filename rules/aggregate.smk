@@ -1,0 +1,24 @@
+localrules:
+    aggregate,
+    genies_table,
+
+
+rule aggregate:
+    input:
+        shifts="results/shifts.parquet",
+        data=plan.data_files(),
+        forward=plan.forward_files(),
+        predictions=plan.prediction_files(),
+    output:
+        "results/results.duckdb",
+    log:
+        "results/logs/aggregate.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/aggregate.py"
+
+
+rule genies_table:
+    input:
+        "results/results.duckdb",
