@@ -1,0 +1,98 @@
+"""Small GENIES-format data folders built by the tests (never the real data)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+WORDS = (
+    "apple river stone cloud garden music paper window forest candle silver ocean "
+    "bridge letter mountain coffee yellow planet engine summer winter basket"
+).split()
+
+
+def make_examples(n: int, k: int, seed: int, marker: str = "good") -> list[dict]:
+    """n examples with k responses; the preferred one contains `marker` (a learnable cue)."""
+    rng = random.Random(seed)
+    examples = []
+    for i in range(n):
+        topic = " ".join(rng.sample(WORDS, 3))
+        prompt = f"### Instruction:\nWrite about {topic} ({i}).\n\n### Response:\n"
+        best = rng.randrange(k)
+        responses = {}
+        for j in range(k):
+            body = " ".join(rng.sample(WORDS, rng.randint(2, 6)))
+            text = f"{marker} {body}" if j == best else f"{body} {j}"
+            responses[text] = 1.0 if j == best else 0.0
+        examples.append({"prompt": prompt, "responses": responses, "instruction": topic})
+    return examples
+
+
+DATASETS = {
+    # name: (responses per example, seed)
+    "src_a": (2, 1),
+    "tgt_b": (3, 2),
+    "tgt_c": (2, 3),
+    "ref_d": (4, 4),
+}
+
+GENIES_SHIFTS = [
+    {"source": "src_a", "target": "tgt_b", "label": "extreme", "category": "skill"},
+    {
+        "source": "src_a",
+        "target": "tgt_c",
+        "target_reference": "ref_d",
+        "label": "probing",
+        "category": "unwanted_personas",
+    },
+]
+
+
+def write_dataset(root: Path, name: str, k: int, seed: int, n_train=12, n_test=6) -> None:
+    d = root / "distributions" / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "train.json").write_text(json.dumps(make_examples(n_train, k, seed)))
+    (d / "test.json").write_text(json.dumps(make_examples(n_test, k, seed + 1000)))
+    (d / "metadata.json").write_text(json.dumps({"id": name}))
+
+
+def make_genies_folder(root: Path, n_train=12, n_test=6) -> Path:
+    """A folder laid out like the upstream archive, leftovers included."""
+    root = Path(root)
+    for name, (k, seed) in DATASETS.items():
+        write_dataset(root, name, k, seed, n_train, n_test)
+    # Upstream leftovers that must be ignored.
+    (root / "distributions" / "src_a" / "train-copy.json").write_text("not json")
+    (root / "distributions" / "src_a" / "extra.json").write_text("[]")
+    (root / "distributions" / "src_a" / "hps").mkdir()
+    shifts = root / "distribution_shifts"
+    (shifts / "extreme").mkdir(parents=True)
+    (shifts / "probing").mkdir()
+    (shifts / "GENIES.json").write_text(json.dumps(GENIES_SHIFTS))
+    plain = [{k: v for k, v in s.items() if k not in ("label", "category")} for s in GENIES_SHIFTS]
+    (shifts / "extreme" / "skill.json").write_text(json.dumps(plain[:1]))
+    (shifts / "extreme" / "all.json").write_text(json.dumps(plain[:1]))
+    (shifts / "probing" / "unwanted_personas.json").write_text(json.dumps(plain[1:]))
+    (shifts / "probing" / "all.json").write_text(json.dumps(plain[1:]))
+    # all.json repeats a shift, as upstream's does.
+    (shifts / "all.json").write_text(json.dumps(plain + plain[1:]))
+    return root
+
+
+TINY_MODEL = {"source": "tiny", "seed": 0, "hidden_size": 64, "num_layers": 2, "num_heads": 4}
+
+
+def workflow_config(data_dir, **overrides) -> dict:
+    config = {
+        "data_dir": str(data_dir),
+        "shifts": "genies",
+        "models": {"tiny": dict(TINY_MODEL)},
+        "run_models": ["tiny"],
+        "seed": 0,
+        "caps": {"train_examples": None, "test_examples": None},
+        "scoring": {"normalisation": "sum", "batch_tokens": 512, "device": "cpu", "dtype": "float32"},
+        "threads": 1,
+    }
+    config.update(overrides)
+    return config
