@@ -19,6 +19,9 @@ rule aggregate:
         "../workflow_scripts/aggregate.py"
 
 
+# The prediction files are listed here too so that a deleted one is rebuilt (Snakemake does
+# not regenerate a missing intermediate file while the database built from it is current).
 rule genies_table:
     input:
         "results/results.duckdb",
+        plan.prediction_files(),

@@ -1,0 +1,65 @@
+"""Run the real Snakemake workflow in a scratch directory (used by the end-to-end tests)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def write_config(workdir: Path, config: dict) -> Path:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, check=True) -> subprocess.CompletedProcess:
+    cmd = [
+        *SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--cores",
+        "2",
+        *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+            f"{proc.stderr[-8000:]}"
+        )
+    return proc
+
+
+def planned_jobs(workdir: Path, *targets: str, extra=()) -> Counter:
+    """Rule -> number of jobs a dry run would execute (empty when nothing is to be done)."""
+    proc = snakemake(workdir, "--dry-run", *extra, *(targets or ("genies_table",)))
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return Counter()
+    jobs = Counter()
+    block = text.split("Job stats:", 1)[1]
+    for line in block.splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        if m.group(1) != "total":
+            jobs[m.group(1)] = int(m.group(2))
+    return jobs
+
+
+def planned_outputs(workdir: Path, *targets: str, extra=()) -> list[str]:
+    """The output files a dry run would (re)create, for finer checks than job counts."""
+    proc = snakemake(workdir, "--dry-run", *extra, *(targets or ("genies_table",)))
+    return re.findall(r"^\s+output: (.+)$", proc.stdout + proc.stderr, flags=re.M)
