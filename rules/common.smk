@@ -1,19 +1,15 @@
-import os
 import re
 import sys
 
 from snakemake.utils import validate
 
-# The genies package lives next to this Snakefile; make it importable here and in every job
-# (conda environments and cluster jobs included) without requiring an install.
+# The genies package lives next to this Snakefile: importable here without an install, and in
+# jobs through the workflow_scripts/genies link (Snakemake puts a script's folder on sys.path),
+# so conda environments and cluster jobs need no install of it either.
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
-)
 
 from genies.config import check_semantics
 from genies.plan import Plan
-
 
 validate(config, schema="../schemas/config.schema.yaml")
 check_semantics(config)
@@ -27,7 +23,7 @@ def _alternatives(names):
 wildcard_constraints:
     dataset=_alternatives(plan.available_datasets),
     eval=_alternatives(plan.available_datasets),
-    train="none|" + _alternatives(plan.available_datasets),
+    train=f"none|{_alternatives(plan.available_datasets)}",
     model=_alternatives(config["models"]),
     split="train|test",
     stimulus="plain",

@@ -4,12 +4,12 @@ rule materialize:
         lambda w: plan.raw_input(w.dataset, "train"),
     output:
         "results/data/{dataset}/{split}.parquet",
-    params:
-        source=config["data_dir"],
     log:
         "results/logs/materialize/{dataset}/{split}.log",
     conda:
         ENV
+    params:
+        source=config["data_dir"],
     script:
         "../workflow_scripts/materialize.py"
 
@@ -17,13 +17,13 @@ rule materialize:
 rule shift_registry:
     output:
         "results/shifts.parquet",
-    params:
-        shifts=[vars(s) for s in plan.shifts],
-        genies_pairs=plan.genies_pairs,
     log:
         "results/logs/shift_registry.log",
     conda:
         ENV
+    params:
+        shifts=[vars(s) for s in plan.shifts],
+        genies_pairs=plan.genies_pairs,
     script:
         "../workflow_scripts/shift_registry.py"
 

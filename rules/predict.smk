@@ -4,11 +4,11 @@ rule predict_zero_shot:
         forward="results/forward/{model}/plain/{eval}/test.parquet",
     output:
         "results/predictions/{model}/zero_shot/none/{eval}.parquet",
-    params:
-        normalisation=config["scoring"]["normalisation"],
     log:
         "results/logs/predict/{model}/zero_shot/none/{eval}.log",
     conda:
         ENV
+    params:
+        normalisation=config["scoring"]["normalisation"],
     script:
         "../workflow_scripts/predict_zero_shot.py"

@@ -91,7 +91,12 @@ def workflow_config(data_dir, **overrides) -> dict:
         "run_models": ["tiny"],
         "seed": 0,
         "caps": {"train_examples": None, "test_examples": None},
-        "scoring": {"normalisation": "sum", "batch_tokens": 512, "device": "cpu", "dtype": "float32"},
+        "scoring": {
+            "normalisation": "sum",
+            "batch_tokens": 512,
+            "device": "cpu",
+            "dtype": "float32",
+        },
         "threads": 1,
     }
     config.update(overrides)

@@ -35,10 +35,14 @@ def query(workdir, sql):
 
 
 def test_database_has_zero_shot_results(workdir):
-    rows = query(workdir, "select dataset, pairs, examples from zero_shot_accuracy order by dataset")
+    rows = query(
+        workdir, "select dataset, pairs, examples from zero_shot_accuracy order by dataset"
+    )
     # 6 test examples each with k-1 pairs: src_a k=2, tgt_b k=3, tgt_c k=2, ref_d k=4.
     assert rows == [("ref_d", 18, 6), ("src_a", 6, 6), ("tgt_b", 12, 6), ("tgt_c", 6, 6)]
-    (acc,) = query(workdir, "select min(accuracy) >= 0 and max(accuracy) <= 1 from zero_shot_accuracy")[0]
+    (acc,) = query(
+        workdir, "select min(accuracy) >= 0 and max(accuracy) <= 1 from zero_shot_accuracy"
+    )[0]
     assert acc
     shifts = query(workdir, "select source, target, target_reference, label from shifts")
     assert ("src_a", "tgt_c", "ref_d", "probing") in shifts
