@@ -102,7 +102,9 @@ def runs_table(files) -> pa.Table:
 def _predictions(files) -> pa.Table:
     if not files:
         return PREDICTION_SCHEMA.empty_table()
-    return pads.dataset([str(f) for f in files], format="parquet", schema=PREDICTION_SCHEMA).to_table()
+    return pads.dataset(
+        [str(f) for f in files], format="parquet", schema=PREDICTION_SCHEMA
+    ).to_table()
 
 
 def build_database(

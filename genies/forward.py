@@ -74,7 +74,9 @@ def run_forward(
         loaded.dtype,
     )
     cols = examples.select(["example_id", "prompt", "responses"]).to_pydict()
-    prompt_ids, response_ids = tokenize_examples(loaded.tokenizer, cols["prompt"], cols["responses"])
+    prompt_ids, response_ids = tokenize_examples(
+        loaded.tokenizer, cols["prompt"], cols["responses"]
+    )
     result = score_tokenized(
         loaded.model,
         prompt_ids,
@@ -102,5 +104,7 @@ def run_forward(
     write_parquet(
         table,
         out_path,
-        run.finish(device=str(loaded.device), dtype=str(loaded.dtype).removeprefix("torch."), **stats),
+        run.finish(
+            device=str(loaded.device), dtype=str(loaded.dtype).removeprefix("torch."), **stats
+        ),
     )

@@ -72,7 +72,9 @@ def _parse(where: str, data: list) -> list[Shift]:
                 raise DataError(where, "required string field is missing", record=i, field=field)
         label = entry.get("label")
         if label is not None and label not in LABELS:
-            raise DataError(where, f"must be one of {LABELS}, got {label!r}", record=i, field="label")
+            raise DataError(
+                where, f"must be one of {LABELS}, got {label!r}", record=i, field="label"
+            )
         shifts.append(
             Shift(
                 source=entry["source"],

@@ -69,7 +69,9 @@ def zero_shot_predictions(
     rows = [position[e] for e in scored_ids]
     responses = forward.column("response_index").to_numpy()
     scores[rows, responses] = response_scores(
-        forward.column("logprob_sum").to_numpy(), forward.column("n_tokens").to_numpy(), normalisation
+        forward.column("logprob_sum").to_numpy(),
+        forward.column("n_tokens").to_numpy(),
+        normalisation,
     )
     if np.isnan(scores).any():
         raise ValueError(f"forward scores of {eval_dataset} miss some responses; rerun it")
@@ -78,7 +80,13 @@ def zero_shot_predictions(
     s_pref = scores[rows, pairs["preferred_response"]]
     s_disp = scores[rows, pairs["dispreferred_response"]]
     return predictions_table(
-        model, "zero_shot", "none", eval_dataset, pairs, bradley_terry(s_pref, s_disp), s_pref > s_disp
+        model,
+        "zero_shot",
+        "none",
+        eval_dataset,
+        pairs,
+        bradley_terry(s_pref, s_disp),
+        s_pref > s_disp,
     )
 
 
