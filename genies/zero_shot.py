@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from .io import RunRecord, write_parquet
 from .predictions import expand_pairs, predictions_table
+from .scoring import normalise, pair_probabilities
 
 FORWARD_SCHEMA = pa.schema(
     [
@@ -27,27 +28,6 @@ FORWARD_SCHEMA = pa.schema(
         ("n_tokens", pa.int32()),
     ]
 )
-NORMALISATIONS = ("sum", "mean")
-
-
-def response_scores(logprob_sum, n_tokens, normalisation: str) -> np.ndarray:
-    logprob_sum = np.asarray(logprob_sum, dtype=np.float64)
-    if normalisation == "sum":
-        return logprob_sum
-    if normalisation == "mean":
-        return logprob_sum / np.maximum(np.asarray(n_tokens, dtype=np.float64), 1.0)
-    raise ValueError(f"unknown normalisation {normalisation!r}; use one of {NORMALISATIONS}")
-
-
-def bradley_terry(score_preferred, score_dispreferred) -> np.ndarray:
-    """sigmoid(a - b), stable for large differences."""
-    diff = np.asarray(score_preferred, np.float64) - np.asarray(score_dispreferred, np.float64)
-    out = np.empty_like(diff)
-    pos = diff >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-diff[pos]))
-    e = np.exp(diff[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
 
 
 def zero_shot_predictions(
@@ -68,7 +48,7 @@ def zero_shot_predictions(
     scores = np.full((len(order), k), np.nan)
     rows = [position[e] for e in scored_ids]
     responses = forward.column("response_index").to_numpy()
-    scores[rows, responses] = response_scores(
+    scores[rows, responses] = normalise(
         forward.column("logprob_sum").to_numpy(),
         forward.column("n_tokens").to_numpy(),
         normalisation,
@@ -85,7 +65,7 @@ def zero_shot_predictions(
         "none",
         eval_dataset,
         pairs,
-        bradley_terry(s_pref, s_disp),
+        pair_probabilities(s_pref, s_disp),
         s_pref > s_disp,
     )
 

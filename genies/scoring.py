@@ -1,0 +1,650 @@
+"""Zero-shot reward model: summed log-probability of each response given its prompt.
+
+An *example* is one prompt with ``k`` responses (``k`` is usually constant within a
+dataset; this module also accepts a different ``k`` per example). For every response we
+compute ``sum_j log p(r_j | prompt, r_<j)`` and the response's token count. This is the
+hot path of the GPU scoring job, so :func:`score_tokenized` is built for speed while
+staying exact; :func:`score_naive` is the plain per-pair loop used as the oracle in
+tests and as the baseline in benchmarks.
+
+Tokenisation (:func:`tokenize_examples`)
+    Prompt and responses are tokenised *separately* and without special tokens; the
+    response text directly follows the prompt with no separator, as in the published
+    GENIES code. The prompt gets the tokenizer's BOS prepended (when ``add_bos`` and the
+    tokenizer has one) so that the first prompt token is conditioned on something; each
+    response gets EOS appended (when ``append_eos``), and that EOS is scored as part of
+    the response, as upstream did. A prompt must contribute at least one token (its last
+    position predicts the first response token): a prompt that is still empty after
+    this (empty text with ``add_bos=False`` or no BOS token) falls back to ``[bos]``, or
+    ``[eos]`` when the tokenizer has no BOS.
+
+Prefix reuse (:func:`score_tokenized`)
+    Each prompt is run through the model once; its ``k`` responses continue from the
+    prompt's KV cache.
+
+    * Batching. Examples are sorted by prompt length (longest first, so an
+      out-of-memory error shows up on the first batch) and cut greedily into batches of
+      ``B`` examples with ``B * Lp <= batch_tokens`` (at least one example per batch).
+      Results are written back to the caller's order in one place
+      (``_restore_order``), as in lm-eval-harness's ``Collator``.
+    * Pass 1 (once per batch): left-padded prompts ``[B, Lp]`` with an attention mask
+      and explicit ``position_ids = clamp(cumsum(mask) - 1, 0)``, ``use_cache=True``.
+      Only the logits of the last position are computed (``logits_to_keep=1``); they
+      predict the first token of every response of the example.
+    * Pass 2: response token ``j >= 1`` is predicted by the logits at response position
+      ``j - 1``. The last token of a response predicts nothing we need, so a response
+      ``r`` is fed as ``r[:-1]`` (one-token responses need no pass 2 at all). The
+      batch's response rows (all ``k`` responses of all ``B`` examples) are sorted by
+      length and split into forward calls of at most ``batch_tokens`` padded positions
+      each, choosing the split that minimises padded positions plus a per-call overhead
+      (``_CALL_OVERHEAD_TOKENS``; dynamic programming in ``_plan_groups``). Grouping rows
+      across examples by length removes most of the padding a per-example
+      ``[B * k, max Lr]`` call would pay when a batch's responses differ in length
+      (simulated on log-normal lengths: ~1.05-1.2x the unpadded positions instead of
+      ~1.5-2x). Each call gets its own view of the prompt cache holding the rows it
+      needs (``Cache.batch_select_indices`` on a shallow copy, the generalisation of
+      ``batch_repeat_interleave(k)``: the prompt cache itself is never modified, so it
+      serves every group). Responses are right-padded ``[R, Lr]``; the attention mask is
+      ``concat(prompt mask of the row's example, response mask)`` (length
+      ``Lp + Lr``) and ``position_ids = prompt_len + arange(Lr)``. No
+      ``cache_position`` is passed: transformers 5 models (Llama, GPT-NeoX, ...) derive
+      everything from ``position_ids``, the 2-D mask and the cache length.
+    * Logits on padding are not computed when the model's ``forward`` accepts
+      ``logits_to_keep`` (transformers 5 models take a boolean ``[R, Lr]`` mask and
+      return only the kept positions, flattened); otherwise full logits are computed and
+      indexed.
+    * Log-probabilities: logits are cast to float32 in row chunks (at most
+      ``_LOGIT_CHUNK_ELEMENTS`` float32 values at a time), the target logit is gathered
+      and ``logsumexp`` subtracted, so no full ``[R, Lr, vocab]`` float32 log-softmax is
+      ever materialised. Per-response sums are accumulated in float64.
+    * Everything runs under ``torch.inference_mode()``; a model in training mode is put
+      in eval mode for the call and restored afterwards. Inputs go to ``device`` (default
+      ``model.device``); any model dtype works (logits are upcast to float32).
+
+    Memory: the prompt cache holds at most ``batch_tokens`` positions; a response call
+    adds a copy of the prompt-cache rows it needs (at most ``k * batch_tokens``
+    positions), at most ``batch_tokens`` new positions and at most ``batch_tokens`` rows
+    of logits in the model's dtype.
+
+    Assumes a standard causal decoder whose attention takes a padding mask (Llama,
+    Mistral, Qwen, GPT-NeoX/Pythia, ...); recurrent/state-space models, which cannot
+    left-pad, are not supported. For sliding-window models, scores are exact only while
+    sequences fit in the window (a warning is issued otherwise).
+
+Counters (:class:`ScoreResult`)
+    ``tokens_unique`` is the data size, ``sum(len(prompt) + sum(len(response)))``.
+    ``tokens_processed`` is the number of positions actually fed to the model, padding
+    included. ``tokens_needed`` is what a padding-free prefix-sharing scorer must feed,
+    ``sum(len(prompt) + sum(max(len(response) - 1, 0)))``; ``tokens_processed /
+    tokens_needed`` (:attr:`ScoreResult.padding_overhead`) is 1 exactly when no padding
+    was fed. Because each prompt is fed once and the last response token is not fed,
+    ``tokens_processed`` may be *below* ``tokens_unique``.
+
+Normalisation (:func:`normalise`)
+    ``"sum"`` (total log-probability) reproduces the ranking of the published numbers;
+    ``"mean"`` (per-token mean) is what the paper text describes.
+    :func:`pair_probabilities` turns two scores into the Bradley-Terry probability that
+    the preferred response wins, ``sigmoid(s_pref - s_disp)``, computed stably.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ScoreResult",
+    "normalise",
+    "pair_probabilities",
+    "score_naive",
+    "score_tokenized",
+    "tokenize_examples",
+]
+
+# At most this many float32 logits are materialised at once when computing log-probs.
+_LOGIT_CHUNK_ELEMENTS = 1 << 25  # 32 Mi values = 128 MiB
+# Cost of one extra forward call, in padded positions, when grouping response rows: a
+# small forward is bound by reading the weights, so it costs about as much as a few
+# hundred positions of a large one on a GPU.
+_CALL_OVERHEAD_TOKENS = 256
+
+ProgressFn = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Scores of every response, flattened example-major (CSR layout).
+
+    Responses of example ``i`` occupy ``offsets[i]:offsets[i + 1]`` in the flat arrays,
+    in their original order; examples are in the caller's original order.
+
+    Attributes:
+        logprob_sum: float64 ``[n_responses]``, summed log-probability of each response.
+        n_tokens: int64 ``[n_responses]``, number of tokens of each response.
+        example_index: int64 ``[n_responses]``, the example each response belongs to.
+        response_index: int64 ``[n_responses]``, position of the response in its example.
+        offsets: int64 ``[n_examples + 1]``.
+        tokens_processed: positions fed to the model, padding included.
+        tokens_unique: ``sum(len(prompt) + sum(len(response)))`` over examples.
+        tokens_needed: positions a padding-free prefix-sharing scorer must feed.
+        n_forward: number of model forward calls.
+    """
+
+    logprob_sum: np.ndarray
+    n_tokens: np.ndarray
+    example_index: np.ndarray
+    response_index: np.ndarray
+    offsets: np.ndarray
+    tokens_processed: int
+    tokens_unique: int
+    tokens_needed: int
+    n_forward: int
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def padding_overhead(self) -> float:
+        """``tokens_processed / tokens_needed`` (1.0 means no padding was fed)."""
+        return self.tokens_processed / self.tokens_needed if self.tokens_needed else 1.0
+
+    def example(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(logprob_sum, n_tokens)`` of the responses of example ``i``."""
+        s, e = self.offsets[i], self.offsets[i + 1]
+        return self.logprob_sum[s:e], self.n_tokens[s:e]
+
+    def per_example(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Ragged view: one ``logprob_sum`` and one ``n_tokens`` array per example."""
+        cuts = self.offsets[1:-1]
+        return list(np.split(self.logprob_sum, cuts)), list(np.split(self.n_tokens, cuts))
+
+    def as_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(logprob_sum, n_tokens)`` as ``[n_examples, k]`` arrays (``k`` must be constant)."""
+        counts = np.diff(self.offsets)
+        if len(counts) and np.any(counts != counts[0]):
+            raise ValueError("examples have different numbers of responses; use per_example()")
+        k = int(counts[0]) if len(counts) else 0
+        n = self.n_examples
+        return self.logprob_sum.reshape(n, k), self.n_tokens.reshape(n, k)
+
+
+# --------------------------------------------------------------------------- tokenising
+
+
+def tokenize_examples(
+    tokenizer,
+    prompts: Sequence[str],
+    responses: Sequence[Sequence[str]],
+    add_bos: bool = True,
+    append_eos: bool = True,
+) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """Tokenise prompts and responses separately, without the tokenizer's special tokens.
+
+    Returns ``(prompt_ids, response_ids)`` with ``response_ids[i][j]`` the ids of the
+    ``j``-th response of example ``i``. BOS is prepended to each prompt when ``add_bos``
+    and the tokenizer has a BOS token; EOS is appended to each response when
+    ``append_eos`` (a tokenizer without EOS then raises ``ValueError``). A prompt that
+    would be empty becomes ``[bos]`` (or ``[eos]`` without BOS), so it always has a
+    position that predicts the first response token.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} response lists")
+    bos = getattr(tokenizer, "bos_token_id", None)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if append_eos and eos is None:
+        raise ValueError("append_eos=True but the tokenizer has no eos_token_id")
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    prompt_ids = encode(list(prompts))
+    flat = encode([r for rs in responses for r in rs])
+
+    fallback = bos if bos is not None else eos
+    out_prompts: list[list[int]] = []
+    for i, ids in enumerate(prompt_ids):
+        if add_bos and bos is not None:
+            ids = [bos, *ids]
+        if not ids:
+            if fallback is None:
+                raise ValueError(f"prompt {i} is empty and the tokenizer has no BOS/EOS token")
+            ids = [fallback]
+        out_prompts.append(ids)
+
+    out_responses: list[list[list[int]]] = []
+    pos = 0
+    for rs in responses:
+        group = []
+        for ids in flat[pos : pos + len(rs)]:
+            group.append([*ids, eos] if append_eos else ids)
+        pos += len(rs)
+        out_responses.append(group)
+    return out_prompts, out_responses
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _validate(prompt_ids, response_ids) -> tuple[list[int], list[list[int]]]:
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} response lists")
+    plens = [len(p) for p in prompt_ids]
+    rlens = [[len(r) for r in rs] for rs in response_ids]
+    for i, (pl, rl) in enumerate(zip(plens, rlens, strict=True)):
+        if pl == 0 and rl:
+            raise ValueError(
+                f"example {i}: empty prompt; it needs >= 1 token (e.g. BOS) to predict "
+                "the first response token"
+            )
+    return plens, rlens
+
+
+def _empty_result(rlens: list[list[int]], tokens_unique: int, tokens_needed: int) -> dict:
+    counts = np.array([len(r) for r in rlens], dtype=np.int64)
+    offsets = np.zeros(len(rlens) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+    return dict(
+        logprob_sum=np.zeros(total, dtype=np.float64),
+        n_tokens=np.fromiter((n for rl in rlens for n in rl), dtype=np.int64, count=total),
+        example_index=np.repeat(np.arange(len(rlens), dtype=np.int64), counts),
+        response_index=np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1], counts),
+        offsets=offsets,
+        tokens_unique=tokens_unique,
+        tokens_needed=tokens_needed,
+    )
+
+
+def _counts(plens: list[int], rlens: list[list[int]]) -> tuple[int, int]:
+    unique = sum(plens) + sum(sum(rl) for rl in rlens)
+    needed = sum(pl for pl, rl in zip(plens, rlens, strict=True) if rl) + sum(
+        max(n - 1, 0) for rl in rlens for n in rl
+    )
+    return unique, needed
+
+
+def _resolve_device(model, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    dev = getattr(model, "device", None)
+    if dev is None:
+        dev = next(model.parameters()).device
+    return torch.device(dev)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    m = model
+    for _ in range(4):  # follow wrappers such as PEFT's get_base_model()
+        try:
+            params = inspect.signature(m.forward).parameters
+        except (TypeError, ValueError):
+            return False
+        if "logits_to_keep" in params:
+            return True
+        get_base = getattr(m, "get_base_model", None)
+        if get_base is None:
+            return False
+        m = get_base()
+    return False
+
+
+class _EvalMode:
+    """Put a model in eval mode for the duration of a call, then restore its mode."""
+
+    def __init__(self, model):
+        self.model = model
+        self.was_training = bool(getattr(model, "training", False))
+
+    def __enter__(self):
+        if self.was_training:
+            self.model.eval()
+
+    def __exit__(self, *exc):
+        if self.was_training:
+            self.model.train()
+
+
+def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits.float())[i, targets[i]]`` for ``logits [N, V]``, chunked."""
+    n, vocab = logits.shape
+    out = torch.empty(n, dtype=torch.float32, device=logits.device)
+    rows = max(1, _LOGIT_CHUNK_ELEMENTS // max(vocab, 1))
+    for s in range(0, n, rows):
+        chunk = logits[s : s + rows].float()
+        tgt = targets[s : s + rows, None]
+        out[s : s + rows] = chunk.gather(1, tgt).squeeze(1) - torch.logsumexp(chunk, dim=-1)
+    return out
+
+
+def _plan_batches(plens: list[int], rlens: list[list[int]], batch_tokens: int) -> list[list[int]]:
+    """Sort examples longest prompt first and cut them into prompt-pass batches.
+
+    A batch holds as many examples as fit ``B * max(Lp) <= batch_tokens`` (at least one).
+    Examples without responses are left out: there is nothing to score.
+    """
+    idx = [i for i in range(len(plens)) if rlens[i]]
+    idx.sort(key=lambda i: (-plens[i], -max(rlens[i]), i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in idx:
+        # sorted longest first, so the batch's padded prompt length is that of cur[0]
+        if cur and (len(cur) + 1) * plens[cur[0]] > batch_tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _plan_groups(lengths: np.ndarray, batch_tokens: int) -> list[tuple[int, int]]:
+    """Split rows sorted by decreasing length into response-pass forward calls.
+
+    Contiguous groups ``lengths[s:e]`` cost ``_CALL_OVERHEAD_TOKENS + (e - s) *
+    lengths[s]`` (padded positions plus a per-call overhead); each group must fit
+    ``(e - s) * lengths[s] <= batch_tokens`` unless it is a single row. The
+    minimum-cost partition is found by dynamic programming.
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    lens = lengths.astype(np.int64)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    arg = np.zeros(n + 1, dtype=np.int64)
+    for e in range(1, n + 1):
+        # rows are sorted, so a group ending at e holds at most batch_tokens // lens[e-1] rows
+        lo = max(0, e - max(1, batch_tokens // max(int(lens[e - 1]), 1)))
+        s = np.arange(lo, e)
+        size = e - s
+        cost = best[lo:e] + _CALL_OVERHEAD_TOKENS + size * lens[lo:e]
+        cost[(size * lens[lo:e] > batch_tokens) & (size > 1)] = np.inf
+        k = int(np.argmin(cost))
+        best[e] = cost[k]
+        arg[e] = lo + k
+    groups = []
+    e = n
+    while e > 0:
+        groups.append((int(arg[e]), e))
+        e = int(arg[e])
+    return groups[::-1]
+
+
+def _select_cache(cache, rows: torch.Tensor):
+    """A cache holding ``rows`` of ``cache`` (repeats allowed); ``cache`` is left intact.
+
+    Shallow copies of the cache and its layers, then ``batch_select_indices``: dynamic
+    layers rebind their tensors (``keys = keys[rows]``, ``keys = cat(...)``) rather than
+    writing in place, so neither the selection nor the following forward pass touches
+    the prompt cache, which the next group reuses.
+    """
+    new = copy.copy(cache)
+    new.layers = [copy.copy(layer) for layer in cache.layers]
+    new.batch_select_indices(rows)
+    return new
+
+
+def _restore_order(
+    batches: list[list[int]], batch_scores: list[list[np.ndarray]], base: dict
+) -> np.ndarray:
+    """The one place where results go back to the caller's example order."""
+    logprob = base["logprob_sum"]
+    offsets = base["offsets"]
+    for batch, scores in zip(batches, batch_scores, strict=True):
+        for ex, s in zip(batch, scores, strict=True):
+            logprob[offsets[ex] : offsets[ex + 1]] = s
+    return logprob
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _score_batch(
+    model,
+    prompts: list[Sequence[int]],
+    responses: list[Sequence[Sequence[int]]],
+    device: torch.device,
+    pad_id: int,
+    keep_ok: bool,
+    batch_tokens: int,
+) -> tuple[list[np.ndarray], int, int]:
+    """Score one batch; returns per-example float64 arrays, positions fed, forward calls."""
+    b = len(prompts)
+    ks = [len(rs) for rs in responses]
+    plens = [len(p) for p in prompts]
+    lp = max(plens)
+
+    # ---- pass 1: left-padded prompts, logits of the last position only
+    ids = np.full((b, lp), pad_id, dtype=np.int64)
+    mask = np.zeros((b, lp), dtype=np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, lp - len(p) :] = p
+        mask[i, lp - len(p) :] = 1
+    mask_t = torch.from_numpy(mask).to(device)
+    pos_t = (mask_t.cumsum(-1) - 1).clamp(min=0)
+    kw = {"logits_to_keep": 1} if keep_ok else {}
+    out = model(
+        input_ids=torch.from_numpy(ids).to(device),
+        attention_mask=mask_t,
+        position_ids=pos_t,
+        use_cache=True,
+        **kw,
+    )
+    last = out.logits[:, -1, :]  # [B, V]
+    cache = out.past_key_values
+    del out
+    fed, calls = b * lp, 1
+
+    # ---- first response token, predicted by the last prompt position
+    flat = [r for rs in responses for r in rs]
+    row_ex = np.repeat(np.arange(b), ks)
+    rlens = np.array([len(r) for r in flat], dtype=np.int64)
+    sums = torch.zeros(len(flat), dtype=torch.float64, device=device)
+    has = np.nonzero(rlens > 0)[0]
+    if len(has):
+        first = torch.tensor([flat[j][0] for j in has], dtype=torch.long, device=device)
+        ex_t = torch.from_numpy(row_ex[has]).to(device)
+        lse = torch.logsumexp(last.float(), dim=-1)
+        lp_first = last[ex_t, first].float() - lse[ex_t]
+        sums.index_add_(0, torch.from_numpy(has).to(device), lp_first.double())
+    del last
+
+    # ---- pass 2: responses minus their last token, grouped by length, each group
+    # continuing from the rows of the prompt cache it needs
+    multi = np.nonzero(rlens > 1)[0]
+    order = multi[np.argsort(-rlens[multi], kind="stable")]
+    plen_all = torch.tensor(plens, dtype=torch.long, device=device)
+    for s, e in _plan_groups(rlens[order] - 1, batch_tokens):
+        rows = order[s:e]
+        lr = int(rlens[rows[0]]) - 1
+        ids2 = np.full((len(rows), lr), pad_id, dtype=np.int64)
+        tgt2 = np.zeros((len(rows), lr), dtype=np.int64)
+        mask2 = np.zeros((len(rows), lr), dtype=np.int64)
+        for j, row in enumerate(rows):
+            r = flat[row]
+            n = len(r) - 1
+            ids2[j, :n] = r[:-1]
+            tgt2[j, :n] = r[1:]
+            mask2[j, :n] = 1
+        ex_t = torch.from_numpy(row_ex[rows]).to(device)
+        mask2_t = torch.from_numpy(mask2).to(device)
+        keep = mask2_t.bool()
+        kw = {"logits_to_keep": keep} if keep_ok else {}
+        out = model(
+            input_ids=torch.from_numpy(ids2).to(device),
+            attention_mask=torch.cat([mask_t[ex_t], mask2_t], dim=1),
+            position_ids=plen_all[ex_t][:, None] + torch.arange(lr, device=device)[None, :],
+            past_key_values=_select_cache(cache, ex_t),
+            use_cache=True,
+            **kw,
+        )
+        logits = out.logits
+        del out
+        if logits.dim() == 3:  # the model did not take the boolean logits_to_keep
+            logits = logits[keep]
+        g_rows, g_cols = keep.nonzero(as_tuple=True)
+        targets = torch.from_numpy(tgt2).to(device)[g_rows, g_cols]
+        tok_lp = _target_logprobs(logits, targets)
+        del logits
+        sums.index_add_(0, torch.from_numpy(rows).to(device)[g_rows], tok_lp.double())
+        fed += len(rows) * lr
+        calls += 1
+    del cache
+
+    sums_np = sums.cpu().numpy()
+    return list(np.split(sums_np, np.cumsum(ks)[:-1])), fed, calls
+
+
+def _warn_sliding_window(model, plens, rlens) -> None:
+    cfg = getattr(model, "config", None)
+    get_text = getattr(cfg, "get_text_config", None)
+    cfg = get_text(decoder=True) if callable(get_text) else cfg
+    window = getattr(cfg, "sliding_window", None)
+    if isinstance(window, int) and window > 0:
+        longest = max((pl + max(rl) for pl, rl in zip(plens, rlens, strict=True) if rl), default=0)
+        if longest > window:
+            warnings.warn(
+                f"model uses a sliding window of {window} tokens and some sequences are "
+                f"{longest} tokens long: with left padding, batched scores can differ from "
+                "unpadded ones beyond the window",
+                stacklevel=3,
+            )
+
+
+def score_tokenized(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[Sequence[int]]],
+    *,
+    batch_tokens: int = 4096,
+    device=None,
+    progress: ProgressFn | None = None,
+) -> ScoreResult:
+    """Summed log-probability of every response given its prompt, with prefix reuse.
+
+    Args:
+        model: a transformers causal LM (any dtype, CPU or CUDA).
+        prompt_ids: per example, the prompt token ids (>= 1 token when it has responses).
+        response_ids: per example, the token ids of each of its responses.
+        batch_tokens: maximum padded positions per forward pass (see module docstring);
+            a batch always holds at least one example.
+        device: where to put inputs; defaults to ``model.device``.
+        progress: called as ``progress(done_examples, total_examples)`` after each batch.
+
+    Returns:
+        A :class:`ScoreResult` in the caller's example and response order.
+    """
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
+    plens, rlens = _validate(prompt_ids, response_ids)
+    unique, needed = _counts(plens, rlens)
+    base = _empty_result(rlens, unique, needed)
+    dev = _resolve_device(model, device)
+    keep_ok = _accepts_logits_to_keep(model)
+    _warn_sliding_window(model, plens, rlens)
+    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)
+    pad_id = pad_id if isinstance(pad_id, int) and pad_id >= 0 else 0
+
+    batches = _plan_batches(plens, rlens, batch_tokens)
+    total = len(plens)
+    done = total - sum(len(b) for b in batches)  # examples without responses
+    batch_scores: list[list[np.ndarray]] = []
+    fed = calls = 0
+    with _EvalMode(model), torch.inference_mode():
+        for batch in batches:
+            scores, n_fed, n_calls = _score_batch(
+                model,
+                [prompt_ids[i] for i in batch],
+                [response_ids[i] for i in batch],
+                dev,
+                pad_id,
+                keep_ok,
+                batch_tokens,
+            )
+            batch_scores.append(scores)
+            fed += n_fed
+            calls += n_calls
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+    _restore_order(batches, batch_scores, base)
+    return ScoreResult(**base, tokens_processed=fed, n_forward=calls)
+
+
+def score_naive(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[Sequence[int]]],
+    device=None,
+) -> ScoreResult:
+    """Reference scorer: every ``prompt + response`` is its own unpadded batch of one.
+
+    This is the plain per-pair loop (no padding, no cache, full float32 log-softmax);
+    it is the oracle for :func:`score_tokenized` and the benchmark baseline.
+    """
+    plens, rlens = _validate(prompt_ids, response_ids)
+    unique, needed = _counts(plens, rlens)
+    base = _empty_result(rlens, unique, needed)
+    dev = _resolve_device(model, device)
+    fed = calls = 0
+    out = base["logprob_sum"]
+    offsets = base["offsets"]
+    with _EvalMode(model), torch.inference_mode():
+        for i, (p, rs) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+            for j, r in enumerate(rs):
+                if len(r) == 0:
+                    continue
+                seq = torch.tensor([[*p, *r]], dtype=torch.long, device=dev)
+                logits = model(input_ids=seq).logits[0].float()
+                logp = torch.log_softmax(logits[len(p) - 1 : -1], dim=-1)
+                tgt = seq[0, len(p) :]
+                val = logp.gather(1, tgt[:, None]).double().sum()
+                out[offsets[i] + j] = float(val)
+                fed += seq.shape[1]
+                calls += 1
+    return ScoreResult(**base, tokens_processed=fed, n_forward=calls)
+
+
+# --------------------------------------------------------------------------- post-processing
+
+
+def pair_probabilities(scores_preferred, scores_dispreferred) -> np.ndarray:
+    """Bradley-Terry probability that the preferred response wins: ``sigmoid(s_p - s_d)``.
+
+    Computed as ``exp(-log(1 + exp(-(s_p - s_d))))`` with ``np.logaddexp``, which neither
+    overflows nor produces NaN for huge differences (``+-inf`` gives exactly 1 or 0).
+    """
+    d = np.asarray(scores_preferred, dtype=np.float64) - np.asarray(
+        scores_dispreferred, dtype=np.float64
+    )
+    return np.exp(-np.logaddexp(0.0, -d))
+
+
+def normalise(logprob_sum, n_tokens, method: str) -> np.ndarray:
+    """Turn summed log-probabilities into scores.
+
+    ``"sum"``: the total log-probability (reproduces the ranking of the published
+    numbers). ``"mean"``: per-token mean, ``logprob_sum / n_tokens`` (as the paper text
+    says); every ``n_tokens`` must then be positive.
+    """
+    s = np.asarray(logprob_sum, dtype=np.float64)
+    if method == "sum":
+        return s.copy()
+    if method == "mean":
+        n = np.asarray(n_tokens)
+        if np.any(n <= 0):
+            raise ValueError("normalise(method='mean') needs n_tokens > 0 for every response")
+        return s / n
+    raise ValueError(f"unknown normalisation method {method!r}; expected 'sum' or 'mean'")
