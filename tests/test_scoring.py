@@ -105,7 +105,8 @@ def test_batch_tokens_controls_forward_calls(llama):
     # budget 1: one prompt pass per example plus one call per response longer than 1
     n_multi = sum(len(r) > 1 for rs in responses for r in rs)
     assert many.n_forward == len(prompts) + n_multi
-    assert one.n_forward <= 3  # a single prompt pass, a couple of response calls at most
+    # a large budget merges calls: only the per-call overhead trade-off splits them
+    assert one.n_forward <= many.n_forward // 4
     np.testing.assert_allclose(many.logprob_sum, one.logprob_sum, atol=ATOL, rtol=0)
 
 
