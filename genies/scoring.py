@@ -90,6 +90,7 @@ Normalisation (:func:`normalise`)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import warnings
@@ -404,6 +405,8 @@ def _restore_order(
 
 # --------------------------------------------------------------------------- scoring
 
+_no_capture = contextlib.nullcontext
+
 
 def _score_batch(
     model,
@@ -413,8 +416,15 @@ def _score_batch(
     pad_id: int,
     keep_ok: bool,
     batch_tokens: int,
+    capture=None,
+    first_rows: Sequence[int] | None = None,
 ) -> tuple[list[np.ndarray], int, int]:
-    """Score one batch; returns per-example float64 arrays, positions fed, forward calls."""
+    """Score one batch; returns per-example float64 arrays, positions fed, forward calls.
+
+    With `capture` (an `ActivationCapture`), responses are fed whole so that their last
+    token is processed, and the activations at that token go to output row
+    `first_rows[example] + response`.
+    """
     b = len(prompts)
     ks = [len(rs) for rs in responses]
     plens = [len(p) for p in prompts]
@@ -455,44 +465,54 @@ def _score_batch(
         sums.index_add_(0, torch.from_numpy(has).to(device), lp_first.double())
     del last
 
-    # ---- pass 2: responses minus their last token, grouped by length, each group
-    # continuing from the rows of the prompt cache it needs
-    multi = np.nonzero(rlens > 1)[0]
-    order = multi[np.argsort(-rlens[multi], kind="stable")]
+    # ---- pass 2: responses minus their last token (whole when capturing), grouped by
+    # length, each group continuing from the rows of the prompt cache it needs
+    fed_len = rlens if capture is not None else rlens - 1
+    multi = np.nonzero(fed_len > 0)[0]
+    order = multi[np.argsort(-fed_len[multi], kind="stable")]
     plen_all = torch.tensor(plens, dtype=torch.long, device=device)
-    for s, e in _plan_groups(rlens[order] - 1, batch_tokens):
+    if capture is not None:
+        within = np.concatenate([np.arange(k) for k in ks]) if ks else np.zeros(0, np.int64)
+        out_rows = np.asarray(first_rows)[row_ex] + within
+    for s, e in _plan_groups(fed_len[order], batch_tokens):
         rows = order[s:e]
-        lr = int(rlens[rows[0]]) - 1
+        lr = int(fed_len[rows[0]])
         ids2 = np.full((len(rows), lr), pad_id, dtype=np.int64)
         tgt2 = np.zeros((len(rows), lr), dtype=np.int64)
         mask2 = np.zeros((len(rows), lr), dtype=np.int64)
         for j, row in enumerate(rows):
             r = flat[row]
-            n = len(r) - 1
-            ids2[j, :n] = r[:-1]
-            tgt2[j, :n] = r[1:]
+            n = int(fed_len[row])
+            ids2[j, :n] = r[:n]
+            tgt2[j, : len(r) - 1] = r[1:]
             mask2[j, :n] = 1
         ex_t = torch.from_numpy(row_ex[rows]).to(device)
         mask2_t = torch.from_numpy(mask2).to(device)
+        # positions whose logits predict a response token (all but a whole response's last)
         keep = mask2_t.bool()
+        if capture is not None:
+            last_pos = torch.from_numpy(rlens[rows] - 1).to(device)
+            keep[torch.arange(len(rows), device=device), last_pos] = False
         kw = {"logits_to_keep": keep} if keep_ok else {}
-        out = model(
-            input_ids=torch.from_numpy(ids2).to(device),
-            attention_mask=torch.cat([mask_t[ex_t], mask2_t], dim=1),
-            position_ids=plen_all[ex_t][:, None] + torch.arange(lr, device=device)[None, :],
-            past_key_values=_select_cache(cache, ex_t),
-            use_cache=True,
-            **kw,
-        )
+        with capture.capture(out_rows[rows], last_pos) if capture is not None else _no_capture():
+            out = model(
+                input_ids=torch.from_numpy(ids2).to(device),
+                attention_mask=torch.cat([mask_t[ex_t], mask2_t], dim=1),
+                position_ids=plen_all[ex_t][:, None] + torch.arange(lr, device=device)[None, :],
+                past_key_values=_select_cache(cache, ex_t),
+                use_cache=True,
+                **kw,
+            )
         logits = out.logits
         del out
         if logits.dim() == 3:  # the model did not take the boolean logits_to_keep
             logits = logits[keep]
         g_rows, g_cols = keep.nonzero(as_tuple=True)
-        targets = torch.from_numpy(tgt2).to(device)[g_rows, g_cols]
-        tok_lp = _target_logprobs(logits, targets)
+        if len(g_rows):
+            targets = torch.from_numpy(tgt2).to(device)[g_rows, g_cols]
+            tok_lp = _target_logprobs(logits, targets)
+            sums.index_add_(0, torch.from_numpy(rows).to(device)[g_rows], tok_lp.double())
         del logits
-        sums.index_add_(0, torch.from_numpy(rows).to(device)[g_rows], tok_lp.double())
         fed += len(rows) * lr
         calls += 1
     del cache
@@ -525,6 +545,7 @@ def score_tokenized(
     batch_tokens: int = 4096,
     device=None,
     progress: ProgressFn | None = None,
+    capture=None,
 ) -> ScoreResult:
     """Summed log-probability of every response given its prompt, with prefix reuse.
 
@@ -536,6 +557,8 @@ def score_tokenized(
             a batch always holds at least one example.
         device: where to put inputs; defaults to ``model.device``.
         progress: called as ``progress(done_examples, total_examples)`` after each batch.
+        capture: an ``genies.activations.ActivationCapture``; its writer receives the
+            last-token activations of every response, row ``offsets[example] + response``.
 
     Returns:
         A :class:`ScoreResult` in the caller's example and response order.
@@ -566,6 +589,8 @@ def score_tokenized(
                 pad_id,
                 keep_ok,
                 batch_tokens,
+                capture,
+                [int(base["offsets"][i]) for i in batch],
             )
             batch_scores.append(scores)
             fed += n_fed

@@ -1,0 +1,165 @@
+"""Last-token activations captured during the forward pass, streamed to safetensors.
+
+Two kinds of activation are recorded for every scored text (one row per response, in the
+caller's example-major order), at the text's last token:
+
+* `resid`: the residual stream entering each decoder layer (`hidden_states[i]` of a
+  transformers model, i = 0 .. n_layers-1: index 0 is the embedding output), shape
+  [rows, n_layers, hidden];
+* `heads`: the per-head attention output before `o_proj` (the input of `o_proj`, split into
+  heads), shape [rows, n_layers, n_heads, head_dim].
+
+Forward pre-hooks sit on just the modules needed (each decoder layer and each `o_proj`); no
+layer's full hidden states are kept. Rows are written into a pre-sized safetensors file
+through a memory map as batches finish, so memory is bounded by the batch, not the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+
+from .io import atomic_path
+
+_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
+
+
+def decoder_layers(model) -> list:
+    """The decoder blocks of a causal LM (Llama/Mistral/Qwen `model.layers`, GPT-NeoX)."""
+    base = getattr(model, "base_model", model)
+    for path in ("model.layers", "layers", "gpt_neox.layers", "model.model.layers"):
+        obj = base
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None:
+            return list(obj)
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def _head_projection(layer):
+    for attn_name in ("self_attn", "attention"):
+        attn = getattr(layer, attn_name, None)
+        if attn is not None:
+            for proj in ("o_proj", "dense"):
+                if hasattr(attn, proj):
+                    return getattr(attn, proj)
+    raise ValueError(f"cannot find the attention output projection of {type(layer).__name__}")
+
+
+class ActivationWriter:
+    """A safetensors file of fixed-shape tensors, filled row by row through a memory map."""
+
+    def __init__(self, path, tensors: dict[str, tuple[tuple[int, ...], np.dtype]], metadata=None):
+        header, offset = {}, 0
+        for name, (shape, dtype) in tensors.items():
+            dtype = np.dtype(dtype)
+            size = int(np.prod(shape)) * dtype.itemsize
+            header[name] = {
+                "dtype": _DTYPES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + size],
+            }
+            offset += size
+        if metadata:
+            header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._atomic = atomic_path(path)
+        self._tmp = self._atomic.__enter__()
+        with open(self._tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            f.truncate(8 + len(raw) + offset)
+        self.arrays = {}
+        for name, (shape, dtype) in tensors.items():
+            start = 8 + len(raw) + header[name]["data_offsets"][0]
+            if int(np.prod(shape)) == 0:
+                self.arrays[name] = np.zeros(shape, dtype)
+            else:
+                self.arrays[name] = np.memmap(
+                    self._tmp, dtype=dtype, mode="r+", offset=start, shape=shape
+                )
+
+    def write(self, name: str, rows, values) -> None:
+        self.arrays[name][rows] = values
+
+    def close(self) -> None:
+        """Flush and rename into place."""
+        for arr in self.arrays.values():
+            if isinstance(arr, np.memmap):
+                arr.flush()
+        self.arrays = {}
+        self._atomic.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        self.arrays = {}
+        self._atomic.__exit__(RuntimeError, None, None)
+
+
+class ActivationCapture:
+    """Hooks that copy last-token activations of selected rows into an ActivationWriter."""
+
+    def __init__(self, model, writer: ActivationWriter, n_heads: int):
+        self.writer = writer
+        self.n_heads = n_heads
+        self._rows = None
+        self._pos = None
+        self._handles = []
+        for i, layer in enumerate(decoder_layers(model)):
+            self._handles.append(layer.register_forward_pre_hook(self._hook("resid", i)))
+            proj = _head_projection(layer)
+            self._handles.append(proj.register_forward_pre_hook(self._hook("heads", i)))
+
+    def _hook(self, name: str, layer: int):
+        def hook(module, args, kwargs=None):
+            if self._pos is None:
+                return
+            x = args[0] if args else kwargs["hidden_states"]
+            picked = x[torch.arange(x.shape[0], device=x.device), self._pos]
+            picked = picked.to(torch.float16).cpu().numpy()
+            if name == "heads":
+                picked = picked.reshape(picked.shape[0], self.n_heads, -1)
+            self.writer.arrays[name][self._rows, layer] = picked
+
+        return hook
+
+    def capture(self, rows: np.ndarray, positions: torch.Tensor):
+        """Record the next forward call: batch row j is output row `rows[j]`, at `positions[j]`."""
+        self._rows, self._pos = np.asarray(rows), positions
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._rows = self._pos = None
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def activation_tensors(n_rows: int, layout: dict) -> dict:
+    layers, hidden = layout["num_layers"], layout["hidden_size"]
+    heads, head_dim = layout["num_heads"], layout["head_dim"]
+    return {
+        "resid": ((n_rows, layers, hidden), np.float16),
+        "heads": ((n_rows, layers, heads, head_dim), np.float16),
+    }
+
+
+def load_activations(path) -> dict[str, np.ndarray]:
+    return load_file(str(path))
+
+
+def activation_bytes(path) -> int:
+    return os.path.getsize(Path(path))

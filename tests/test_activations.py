@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from genies.activations import (
+    ActivationCapture,
+    ActivationWriter,
+    activation_tensors,
+    decoder_layers,
+    load_activations,
+)
+from genies.models import model_layout
+from genies.scoring import score_naive, score_tokenized
+
+
+@pytest.fixture(scope="module")
+def llama():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def make_data(seed, n, k):
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(3, 300, rng.integers(1, 20)).tolist() for _ in range(n)]
+    responses = [
+        [rng.integers(3, 300, rng.integers(1, 9)).tolist() for _ in range(k)] for _ in range(n)
+    ]
+    return prompts, responses
+
+
+def reference(model, prompt, response):
+    """Last-token activations of prompt + response from a plain unpadded forward pass."""
+    heads = []
+    hooks = [
+        layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a: heads.append(a[0][0, -1]))
+        for layer in decoder_layers(model)
+    ]
+    with torch.inference_mode():
+        out = model(torch.tensor([prompt + response]), output_hidden_states=True)
+    for h in hooks:
+        h.remove()
+    resid = torch.stack([out.hidden_states[i][0, -1] for i in range(len(heads))])
+    return resid.numpy(), torch.stack(heads).reshape(len(heads), 4, -1).numpy()
+
+
+@pytest.mark.parametrize("batch_tokens", [8, 64, 4096])
+def test_capture_matches_plain_forward(llama, tmp_path, batch_tokens):
+    prompts, responses = make_data(1, 7, 3)
+    n_rows = 7 * 3
+    path = tmp_path / "acts.safetensors"
+    writer = ActivationWriter(path, activation_tensors(n_rows, model_layout(llama)), {"a": 1})
+    capture = ActivationCapture(llama, writer, n_heads=4)
+    result = score_tokenized(llama, prompts, responses, batch_tokens=batch_tokens, capture=capture)
+    capture.remove()
+    writer.close()
+    acts = load_activations(path)
+    assert acts["resid"].shape == (n_rows, 2, 64) and acts["heads"].shape == (n_rows, 2, 4, 16)
+    for ex in range(7):
+        for j in range(3):
+            row = ex * 3 + j
+            resid, heads = reference(llama, prompts[ex], responses[ex][j])
+            np.testing.assert_allclose(acts["resid"][row], resid, atol=2e-2, rtol=1e-2)
+            np.testing.assert_allclose(acts["heads"][row], heads, atol=2e-2, rtol=1e-2)
+    # Capturing does not change the scores.
+    naive = score_naive(llama, prompts, responses)
+    np.testing.assert_allclose(result.logprob_sum, naive.logprob_sum, atol=1e-4)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_hooks_only_record_inside_capture(llama, tmp_path):
+    prompts, responses = make_data(2, 3, 2)
+    writer = ActivationWriter(
+        tmp_path / "a.safetensors", activation_tensors(6, model_layout(llama))
+    )
+    capture = ActivationCapture(llama, writer, n_heads=4)
+    with torch.inference_mode():
+        llama(torch.tensor([prompts[0]]))  # outside capture(): nothing recorded
+    assert not np.asarray(writer.arrays["resid"]).any()
+    capture.remove()
+    writer.abort()
+    assert not (tmp_path / "a.safetensors").exists()
+    assert not list(tmp_path.iterdir())
