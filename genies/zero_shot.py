@@ -24,6 +24,7 @@ FORWARD_SCHEMA = pa.schema(
     [
         ("example_id", pa.string()),
         ("response_index", pa.int8()),
+        ("answer", pa.int8()),  # yesno stimulus: 0 = "Yes", 1 = "No"; 0 otherwise
         ("logprob_sum", pa.float64()),
         ("n_tokens", pa.int32()),
     ]

@@ -26,8 +26,42 @@ wildcard_constraints:
     train=f"none|{_alternatives(plan.available_datasets)}",
     model=_alternatives(config["models"]),
     split="train|test",
-    stimulus="plain",
+    stimulus="plain|lat2|yesno",
     intervention="zero_shot",
 
 
 ENV = "../envs/genies.yaml"
+
+
+import math
+
+
+# Cluster resources (used by the SLURM profile; a local run ignores them unless --resources
+# limits one). Each figure is multiplied by the attempt (1, 2, 3 with the profile's retries),
+# so a job killed for memory or wall time comes back with more. mem_mb is in MB, runtime in
+# minutes; per_billion scales with the model's registry `params_b` (1 when not given).
+def model_params_b(model):
+    return float(config["models"][model].get("params_b", 1))
+
+
+def by_attempt(base):
+    return lambda wildcards, attempt: base * attempt
+
+
+def by_model_size(base, per_billion):
+    def value(wildcards, attempt):
+        size = model_params_b(wildcards.model)
+        return math.ceil((base + per_billion * size) * attempt)
+
+    return value
+
+
+def job_threads(wildcards, threads):
+    """cpus_per_task / cpus_per_gpu of a job: the threads it runs with."""
+    return threads
+
+
+def prepare_model_mem_mb(wildcards, attempt):
+    # A linked local model is only validated; the other sources load the whole model once.
+    loads_weights = not config["models"][wildcards.model].get("link", False)
+    return by_model_size(2000, 3000 if loads_weights else 0)(wildcards, attempt)

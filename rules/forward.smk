@@ -3,7 +3,8 @@ rule forward:
         data="results/data/{dataset}/{split}.parquet",
         model="resources/models/{model}",
     output:
-        "results/forward/{model}/{stimulus}/{dataset}/{split}.parquet",
+        scores="results/forward/{model}/{stimulus}/{dataset}/{split}.parquet",
+        activations="results/forward/{model}/{stimulus}/{dataset}/{split}.safetensors",
     log:
         "results/logs/forward/{model}/{stimulus}/{dataset}/{split}.log",
     benchmark:
@@ -11,6 +12,11 @@ rule forward:
     conda:
         ENV
     threads: config["threads"]
+    resources:
+        gpu=1,
+        cpus_per_gpu=job_threads,
+        mem_mb=by_model_size(4000, 2500),
+        runtime=by_model_size(20, 6),
     params:
         limit=lambda w: plan.cap(w.split),
         batch_tokens=config["scoring"]["batch_tokens"],

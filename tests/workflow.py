@@ -62,4 +62,5 @@ def planned_jobs(workdir: Path, *targets: str, extra=()) -> Counter:
 def planned_outputs(workdir: Path, *targets: str, extra=()) -> list[str]:
     """The output files a dry run would (re)create, for finer checks than job counts."""
     proc = snakemake(workdir, "--dry-run", *extra, *(targets or ("genies_table",)))
-    return re.findall(r"^\s+output: (.+)$", proc.stdout + proc.stderr, flags=re.M)
+    lines = re.findall(r"^\s+output: (.+)$", proc.stdout + proc.stderr, flags=re.M)
+    return [path for line in lines for path in line.split(", ")]

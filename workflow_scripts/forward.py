@@ -7,7 +7,8 @@ setup_logging(log_file_of(snakemake))  # noqa: F821
 run_forward(
     data_file=snakemake.input.data,  # noqa: F821
     model_dir=snakemake.input.model,  # noqa: F821
-    out_path=snakemake.output[0],  # noqa: F821
+    out_path=snakemake.output.scores,  # noqa: F821
+    activations_path=snakemake.output.activations,  # noqa: F821
     model_name=snakemake.wildcards.model,  # noqa: F821
     dataset=snakemake.wildcards.dataset,  # noqa: F821
     split=snakemake.wildcards.split,  # noqa: F821
