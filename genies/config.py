@@ -31,12 +31,33 @@ def load_schema() -> dict:
 
 
 def check_semantics(config: dict) -> None:
-    """Cross-field checks; raise ConfigError with a message that says what to change."""
+    """Cross-field checks and defaults that depend on other keys.
+
+    Raises ConfigError with a message that says what to change.
+    """
+    if "capability_interventions" not in config:
+        lora = "lora" in config["interventions"]
+        config["capability_interventions"] = ["lora"] if lora else ["zero_shot"]
     unknown = [m for m in config["run_models"] if m not in config["models"]]
     if unknown:
         raise ConfigError(
             f"run_models names {unknown} but the model registry (`models:`) only has "
             f"{sorted(config['models'])}; add a registry entry or fix the name"
+        )
+    _check_interventions(config)
+
+
+def _check_interventions(config: dict) -> None:
+    enabled = config["interventions"]
+    if "zero_shot" not in enabled:
+        raise ConfigError(
+            "interventions must include zero_shot: it is the baseline of differential elicitation"
+        )
+    missing = [c for c in config["capability_interventions"] if c not in enabled]
+    if missing:
+        raise ConfigError(
+            f"capability_interventions names {missing}, which are not in `interventions`; "
+            "enable them or remove them from capability_interventions"
         )
 
 

@@ -24,8 +24,25 @@ PREDICTION = "results/predictions/{model}/{intervention}/{train}/{eval}.parquet"
 DATABASE = "results/results.duckdb"
 
 SPLITS = ("train", "test")
-STIMULI = ("plain",)
+STIMULI = ("plain", "lat2", "yesno")
 BASELINE = "zero_shot"
+NO_TRAIN = "none"
+
+# Intervention -> family. The family decides which rules make its predictions.
+INTERVENTIONS = {
+    "zero_shot": "logprob",
+    "random": "random",
+    "few_shot": "few_shot",
+    "mms": "probe",
+    "lat1": "probe",
+    "lat2": "probe",
+    "cra": "probe",
+    "ccs": "probe",
+    "lora": "tuned",
+    "prompt_tuning": "tuned",
+}
+# Interventions whose predictions do not depend on a training dataset (train = none).
+UNTRAINED = ("zero_shot", "random")
 
 
 @dataclasses.dataclass
@@ -80,19 +97,43 @@ class Plan:
     def cap(self, split: str):
         return self.config["caps"][f"{split}_examples"]
 
-    def baseline_predictions(self) -> list[str]:
-        return [
-            PREDICTION.format(model=m, intervention=BASELINE, train="none", eval=d)
-            for m in self.models
-            for d in self.datasets
-        ]
+    @property
+    def interventions(self) -> list[str]:
+        return list(self.config["interventions"])
+
+    def of_family(self, family: str) -> list[str]:
+        return [i for i in self.interventions if INTERVENTIONS[i] == family]
+
+    def train_eval_pairs(self, intervention: str) -> list[tuple[str, str]]:
+        """(train, eval) pairs a cell needs from `intervention`, in a stable order.
+
+        Every shift needs source -> target, source -> source and target -> target; a
+        capability intervention also needs target_reference -> target_reference. The baseline
+        is evaluated on every dataset the shifts touch.
+        """
+        pairs = []
+        for s in self.shifts:
+            pairs += [(s.source, s.target), (s.source, s.source), (s.target, s.target)]
+            if intervention in self.config["capability_interventions"]:
+                pairs.append((s.target_reference, s.target_reference))
+        if intervention == BASELINE:
+            pairs += [(d, d) for d in self.datasets]
+        if intervention in UNTRAINED:
+            pairs = [(NO_TRAIN, e) for _, e in pairs]
+        return list(dict.fromkeys(pairs))
 
     def prediction_files(self) -> list[str]:
-        return self.baseline_predictions()
+        return [
+            PREDICTION.format(model=m, intervention=i, train=t, eval=e)
+            for m in self.models
+            for i in self.interventions
+            for t, e in self.train_eval_pairs(i)
+        ]
 
     def forward_files(self) -> list[str]:
+        """Forward-pass outputs that predictions read (their provenance goes to `runs`)."""
         return [
-            FORWARD.format(model=m, stimulus="plain", dataset=d, split="test")
+            FORWARD.format(model=m, stimulus="plain", dataset=e, split="test")
             for m in self.models
-            for d in self.datasets
-        ]
+            for _, e in self.train_eval_pairs(BASELINE)
+        ] if BASELINE in self.interventions else []

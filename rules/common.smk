@@ -9,7 +9,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 
 from genies.config import check_semantics
-from genies.plan import Plan
+from genies.plan import INTERVENTIONS, Plan
 
 validate(config, schema="../schemas/config.schema.yaml")
 check_semantics(config)
@@ -27,7 +27,7 @@ wildcard_constraints:
     model=_alternatives(config["models"]),
     split="train|test",
     stimulus="plain|lat2|yesno",
-    intervention="zero_shot",
+    intervention=_alternatives(INTERVENTIONS),
 
 
 ENV = "../envs/genies.yaml"

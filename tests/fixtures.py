@@ -89,6 +89,8 @@ def workflow_config(data_dir, **overrides) -> dict:
         "shifts": "genies",
         "models": {"tiny": dict(TINY_MODEL)},
         "run_models": ["tiny"],
+        "interventions": {"zero_shot": {}},
+        "capability_interventions": ["zero_shot"],
         "seed": 0,
         "caps": {"train_examples": None, "test_examples": None},
         "scoring": {

@@ -85,6 +85,13 @@ def test_config_defaults_and_errors(folder):
     assert config["shifts"] == "genies"
     assert config["scoring"]["normalisation"] == "sum"
     assert config["caps"] == {"train_examples": None, "test_examples": None}
+    assert config["capability_interventions"] == ["zero_shot"]
+    config["capability_interventions"] = ["lora"]
+    with pytest.raises(ConfigError, match="capability_interventions names \\['lora'\\]"):
+        validate_config({**config, "interventions": {"zero_shot": {}}})
+    with pytest.raises(ConfigError, match="must include zero_shot"):
+        validate_config({**config, "interventions": {"lora": {}}})
+    config["capability_interventions"] = ["zero_shot"]
     with pytest.raises(ConfigError, match="run_models names \\['other'\\]"):
         validate_config({**config, "run_models": ["other"]})
     with pytest.raises(ConfigError, match="scoring/normalisation"):
