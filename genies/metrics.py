@@ -287,15 +287,23 @@ def _rms_standard(p: np.ndarray) -> float:
     return float(np.sqrt(np.sum(counts[filled] / p.size * gap**2)))
 
 
+_ORIENTATION = np.empty(0)
+
+
 def _genies_orientation(n: int) -> np.ndarray:
     """The l_i of the published code: ``random.seed(42)`` then ``random.choice([0, 1])`` n times.
 
     Uses a private ``random.Random`` instance (same sequence as the seeded global module) so the
-    caller's global ``random`` state is left untouched.
+    caller's global ``random`` state is left untouched. The first n draws do not depend on n,
+    so the longest sequence drawn so far is kept and sliced (aggregation calls this per cell).
     """
-    choice = random.Random(GENIES_RMS_SEED).choice
-    options = [0, 1]
-    return np.fromiter((choice(options) for _ in range(n)), dtype=float, count=n)
+    global _ORIENTATION
+    if n > _ORIENTATION.size:
+        k = max(n, 2 * _ORIENTATION.size)
+        choice = random.Random(GENIES_RMS_SEED).choice
+        options = [0, 1]
+        _ORIENTATION = np.fromiter((choice(options) for _ in range(k)), dtype=float, count=k)
+    return _ORIENTATION[:n].copy()
 
 
 def _rms_genies(p: np.ndarray) -> float:

@@ -132,8 +132,12 @@ class Plan:
 
     def forward_files(self) -> list[str]:
         """Forward-pass outputs that predictions read (their provenance goes to `runs`)."""
-        return [
-            FORWARD.format(model=m, stimulus="plain", dataset=e, split="test")
-            for m in self.models
-            for _, e in self.train_eval_pairs(BASELINE)
-        ] if BASELINE in self.interventions else []
+        return (
+            [
+                FORWARD.format(model=m, stimulus="plain", dataset=e, split="test")
+                for m in self.models
+                for _, e in self.train_eval_pairs(BASELINE)
+            ]
+            if BASELINE in self.interventions
+            else []
+        )

@@ -1,5 +1,9 @@
+from genies.report import REPORT_TEMPLATES
+
+
 localrules:
     aggregate,
+    report_tables,
     genies_table,
 
 
@@ -15,8 +19,27 @@ rule aggregate:
         "results/logs/aggregate.log",
     conda:
         ENV
+    params:
+        capability_interventions=config["capability_interventions"],
+        seed=config["seed"],
     script:
         "../workflow_scripts/aggregate.py"
+
+
+rule report_tables:
+    input:
+        "results/results.duckdb",
+    output:
+        **{
+            name: report(path, category="GENIES table", subcategory="{model}")
+            for name, path in REPORT_TEMPLATES.items()
+        },
+    log:
+        "results/logs/report_tables/{model}.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/report_tables.py"
 
 
 # The prediction files are listed here too so that a deleted one is rebuilt (Snakemake does
@@ -25,3 +48,4 @@ rule genies_table:
     input:
         "results/results.duckdb",
         plan.prediction_files(),
+        expand(list(REPORT_TEMPLATES.values()), model=plan.models),

@@ -75,7 +75,9 @@ def test_second_run_does_nothing(workdir):
 def test_deleting_one_prediction_rebuilds_only_it(workdir):
     target = "results/predictions/tiny/zero_shot/none/tgt_c.parquet"
     os.remove(workdir / target)
-    assert planned_jobs(workdir) == Counter(predict_zero_shot=1, aggregate=1, genies_table=1)
+    assert planned_jobs(workdir) == Counter(
+        predict_zero_shot=1, aggregate=1, report_tables=1, genies_table=1
+    )
     assert target in planned_outputs(workdir)
     snakemake(workdir, "genies_table")
     assert planned_jobs(workdir) == Counter()
@@ -87,7 +89,12 @@ def test_editing_one_dataset_reruns_only_its_jobs(workdir):
     path.write_text(json.dumps(make_examples(5, 3, 99)))
     jobs = planned_jobs(workdir)
     assert jobs == Counter(
-        materialize=1, forward=1, predict_zero_shot=1, aggregate=1, genies_table=1
+        materialize=1,
+        forward=1,
+        predict_zero_shot=1,
+        aggregate=1,
+        report_tables=1,
+        genies_table=1,
     )
     outputs = planned_outputs(workdir)
     assert "results/data/tgt_b/test.parquet" in outputs

@@ -10,4 +10,6 @@ build_database(
     data_files=list(snakemake.input.data),  # noqa: F821
     prediction_files=list(snakemake.input.predictions),  # noqa: F821
     run_files=list(snakemake.input.forward),  # noqa: F821
+    capability_interventions=snakemake.params.capability_interventions,  # noqa: F821
+    seed=snakemake.params.seed,  # noqa: F821
 )

@@ -1,0 +1,141 @@
+"""Benchmark building results.duckdb (incl. the cells) from ~1 million prediction rows.
+
+Synthesises the prediction files a full run would leave: M models x I interventions (two of
+them untrained, train = none) over S shifts among D datasets, with every file a cell needs
+(source -> target, source -> source, target -> target, reference -> reference; the untrained
+ones once per eval dataset). Pairs per file are chosen so the total is about --rows. Then times
+`genies.aggregate.build_database` and prints its per-step seconds and the number of cells.
+
+    .venv/bin/python bench/bench_aggregate.py [--rows 1000000] [--models 3] [--interventions 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from genies.aggregate import build_database
+from genies.cells import prediction_path
+from genies.io import write_parquet
+from genies.predictions import PREDICTION_SCHEMA
+from genies.shifts import Shift, shifts_table
+
+UNTRAINED = ("zero_shot", "random")
+
+
+def synthetic_shifts(n_shifts: int, n_datasets: int, rng) -> list[Shift]:
+    names = [f"dataset_{i:02d}" for i in range(n_datasets)]
+    shifts, seen = [], set()
+    while len(shifts) < n_shifts:
+        source, target = rng.choice(names, 2, replace=False)
+        if (source, target) in seen:
+            continue
+        seen.add((source, target))
+        # One shift in eight measures its capability on another dataset, as upstream's do.
+        reference = rng.choice(names) if rng.random() < 0.125 else target
+        label = "extreme" if rng.random() < 0.5 else "probing"
+        shifts.append(Shift(str(source), str(target), str(reference), label=label))
+    return shifts
+
+
+def files_needed(shifts, interventions) -> list[tuple[str, str, str]]:
+    """(intervention, train, eval) of every prediction file the cells read."""
+    trained_pairs, evals = set(), set()
+    for s in shifts:
+        trained_pairs |= {
+            (s.source, s.target),
+            (s.source, s.source),
+            (s.target, s.target),
+            (s.target_reference, s.target_reference),
+        }
+        evals |= {s.source, s.target, s.target_reference}
+    keys = []
+    for intervention in interventions:
+        if intervention in UNTRAINED:
+            keys += [(intervention, "none", e) for e in sorted(evals)]
+        else:
+            keys += [(intervention, t, e) for t, e in sorted(trained_pairs)]
+    return keys
+
+
+def prediction_file(model, intervention, train, eval_dataset, n_examples, rng) -> pa.Table:
+    pairs_per_example = 2
+    n = n_examples * pairs_per_example
+    example = np.repeat(np.arange(n_examples), pairs_per_example)
+    prob = rng.beta(2.0, 1.5, n)
+    return pa.table(
+        {
+            "model": pa.array([model] * n, pa.string()),
+            "intervention": pa.array([intervention] * n, pa.string()),
+            "train": pa.array([train] * n, pa.string()),
+            "eval": pa.array([eval_dataset] * n, pa.string()),
+            "example_id": pa.array([f"{eval_dataset}/test/{i}" for i in example], pa.string()),
+            "pair_index": np.tile(np.arange(pairs_per_example, dtype=np.int16), n_examples),
+            "preferred_response": np.zeros(n, np.int8),
+            "dispreferred_response": np.tile(np.arange(1, 3, dtype=np.int8), n_examples),
+            "prob_preferred": prob,
+            "correct": prob > 0.5,
+        },
+        schema=PREDICTION_SCHEMA,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--models", type=int, default=3)
+    ap.add_argument("--interventions", type=int, default=10)
+    ap.add_argument("--shifts", type=int, default=56)
+    ap.add_argument("--datasets", type=int, default=45)
+    ap.add_argument("--dir", help="work directory (default: a temporary one)")
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(0)
+    shifts = synthetic_shifts(args.shifts, args.datasets, rng)
+    interventions = [*UNTRAINED, "lora"] + [f"method_{i}" for i in range(args.interventions - 3)]
+    keys = files_needed(shifts, interventions)
+    n_files = len(keys) * args.models
+    n_examples = max(1, round(args.rows / n_files / 2))
+
+    root = Path(args.dir or tempfile.mkdtemp(prefix="bench_aggregate_"))
+    start = time.perf_counter()
+    files = []
+    for m in range(args.models):
+        model = f"model_{m}"
+        for intervention, train, eval_dataset in keys:
+            path = root / prediction_path(model, intervention, train, eval_dataset)
+            table = prediction_file(model, intervention, train, eval_dataset, n_examples, rng)
+            write_parquet(table, path, {"job": "predict", "model": model, "seconds": 1.0})
+            files.append(path)
+    shifts_file = root / "results/shifts.parquet"
+    pq.write_table(shifts_table(shifts), shifts_file)
+    print(
+        f"synthesised {len(files)} prediction files ({n_examples * 2} pairs each) "
+        f"in {time.perf_counter() - start:.1f} s under {root}"
+    )
+
+    start = time.perf_counter()
+    stats = build_database(
+        root / "results/results.duckdb",
+        shifts_file=shifts_file,
+        data_files=[],
+        prediction_files=files,
+    )
+    total = time.perf_counter() - start
+    print(f"prediction rows: {stats['prediction_rows']:,}")
+    print(
+        f"cells: {stats['cells']:,} ({args.models} models x {len(interventions)} x {len(shifts)})"
+    )
+    for step, seconds in stats["seconds"].items():
+        print(f"  {step:<18} {seconds:7.2f} s")
+    print(f"build_database total: {total:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""CSV/Markdown tables and PNG plots of the GENIES table, from a small results.duckdb."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from genies.report import (
+    REPORT_TEMPLATES,
+    markdown_table,
+    report_paths,
+    shift_matrix_wide,
+    write_reports,
+)
+
+from .test_cells import RESULTS, write_example_results
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    results = dict(RESULTS)
+    del results[("mms", "src_a", "tgt_c")]  # one incomplete cell
+    database, _ = write_example_results(root, results, models=("m", "other"))
+    paths = {k: str(root / v) for k, v in report_paths("m").items()}
+    write_reports(database, "m", paths)
+    return database, paths
+
+
+def test_report_paths_follow_the_templates():
+    assert report_paths("llama-7b")["table_csv"] == "results/genies_table/llama-7b.csv"
+    assert set(report_paths("x")) == set(REPORT_TEMPLATES)
+
+
+def test_genies_table_csv_and_markdown(reports):
+    _, paths = reports
+    table = pd.read_csv(paths["table_csv"])
+    assert list(table["intervention"]) == ["lora", "mms", "zero_shot"]
+    assert set(table["model"]) == {"m"}
+    for column in (
+        "avg_differential_elicitation",
+        "avg_differential_elicitation_se",
+        "capable_differential_elicitation",
+        "avg_rms_calibration_error",
+        "avg_rms_calibration_error_genies",
+        "avg_id_target_accuracy",
+        "extreme_avg_differential_elicitation",
+        "probing_avg_differential_elicitation",
+        "complete_shifts",
+    ):
+        assert column in table.columns
+    lora = table.set_index("intervention").loc["lora"]
+    assert lora["avg_differential_elicitation"] == pytest.approx((0.5 - 0.25) / 2 / (5 / 6))
+    mms = table.set_index("intervention").loc["mms"]
+    assert (mms["shifts"], mms["complete_shifts"], mms["de_shifts"]) == (2, 1, 1)
+    # One shift with DE: no standard error, the genies RMS variant is NULL for 4 pairs.
+    assert pd.isna(mms["avg_differential_elicitation_se"])
+
+    text = open(paths["table_md"]).read()
+    assert text.startswith("# GENIES table: m\n")
+    assert "| intervention | avg DE | DE s.e. | capable DE |" in text
+    assert "| lora | 0.1500 |" in text
+    assert "## Incomplete cells" in text
+    assert "generalization: results/predictions/m/mms/src_a/tgt_c.parquet" in text
+
+
+def test_shift_matrix_is_pivoted_with_baseline_first(reports):
+    _, paths = reports
+    wide = pd.read_csv(paths["shift_matrix_csv"])
+    assert list(wide.columns) == [
+        "shift_id",
+        "source",
+        "target",
+        "label",
+        "zero_shot",
+        "lora",
+        "mms",
+    ]
+    assert list(wide["shift_id"]) == ["src_a__tgt_b", "src_a__tgt_c"]
+    assert list(wide["label"]) == ["extreme", "probing"]
+    assert wide["lora"].tolist() == pytest.approx([0.5 / (5 / 6), -0.25 / (5 / 6)])
+    assert wide["mms"][0] == pytest.approx(0.25 / (5 / 6)) and pd.isna(wide["mms"][1])
+    text = open(paths["shift_matrix_md"]).read()
+    assert "| shift_id | source | target | label | zero_shot | lora | mms |" in text
+    assert "| src_a__tgt_c | src_a | tgt_c | probing | 0.0000 | -0.3000 | n/a |" in text
+
+
+def test_plots_are_png_files(reports):
+    _, paths = reports
+    for name in ("de_heatmap", "generalization_plot", "de_bars"):
+        data = open(paths[name], "rb").read()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+
+
+def test_model_without_cells_still_gets_every_output(reports, tmp_path):
+    database, _ = reports
+    paths = {k: str(tmp_path / v) for k, v in report_paths("absent").items()}
+    write_reports(database, "absent", paths)
+    assert pd.read_csv(paths["shift_matrix_csv"]).columns.tolist()[:4] == [
+        "shift_id",
+        "source",
+        "target",
+        "label",
+    ]
+    assert open(paths["de_bars"], "rb").read().startswith(PNG_MAGIC)
+
+
+def test_unlabelled_shifts_keep_their_rows():
+    matrix = pd.DataFrame(
+        {
+            "shift_index": [1, 0, 1],
+            "shift_id": ["b", "a", "b"],
+            "source": ["s", "s", "s"],
+            "target": ["u", "t", "u"],
+            "label": [None, "extreme", None],
+            "intervention": ["x", "zero_shot", "zero_shot"],
+            "differential_elicitation": [0.5, 0.0, 0.0],
+        }
+    )
+    wide = shift_matrix_wide(matrix)
+    assert list(wide["shift_id"]) == ["a", "b"]
+    assert list(wide.columns[4:]) == ["zero_shot", "x"]
+    assert wide["x"].iloc[1] == 0.5 and pd.isna(wide["x"].iloc[0])
+    assert markdown_table(pd.DataFrame({"a": [1.23456, None], "b": ["p|q", "r"]})) == (
+        "| a | b |\n|---|---|\n| 1.2346 | p\\|q |\n| n/a | r |\n"
+    )

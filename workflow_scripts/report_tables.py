@@ -1,0 +1,11 @@
+"""Snakemake entry point: the GENIES table of one model as CSV, Markdown and plots."""
+
+from genies.jobs import log_file_of, setup_logging
+from genies.report import write_reports
+
+setup_logging(log_file_of(snakemake))  # noqa: F821
+write_reports(
+    snakemake.input[0],  # noqa: F821
+    snakemake.wildcards.model,  # noqa: F821
+    dict(snakemake.output.items()),  # noqa: F821
+)
