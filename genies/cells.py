@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 
 from . import metrics
 from .errors import GeniesError
-from .plan import BASELINE, NO_TRAIN, PREDICTION, UNTRAINED
+from .plan import BASELINE, NO_TRAIN, UNTRAINED, cell_inputs, prediction_path
 from .shifts import Shift
 
 #: Interventions whose target-reference accuracy is the target-tuned capability by default.
@@ -94,38 +94,6 @@ class IncompleteCellError(GeniesError):
             + "\nbuild them with: snakemake "
             + " ".join(jobs)
         )
-
-
-def prediction_path(model: str, intervention: str, train: str, eval_dataset: str) -> str:
-    return PREDICTION.format(model=model, intervention=intervention, train=train, eval=eval_dataset)
-
-
-def cell_inputs(
-    model: str,
-    intervention: str,
-    shift: Shift,
-    *,
-    capability_interventions: Iterable[str] = DEFAULT_CAPABILITY_INTERVENTIONS,
-    untrained: Iterable[str] = UNTRAINED,
-    baseline: str = BASELINE,
-) -> dict[str, list[tuple[str, str, str, str]]]:
-    """The (model, intervention, train, eval) groups each input of a cell reads.
-
-    `prediction_path(*key)` of each key is the file (and the Snakemake target) that holds it.
-    """
-    untrained = set(untrained)
-
-    def key(name, train, eval_dataset):
-        return (model, name, NO_TRAIN if name in untrained else train, eval_dataset)
-
-    ref = shift.target_reference
-    return {
-        "generalization": [key(intervention, shift.source, shift.target)],
-        "source_id": [key(intervention, shift.source, shift.source)],
-        "baseline": [(model, baseline, NO_TRAIN, shift.target)],
-        "capability": [key(c, ref, ref) for c in capability_interventions],
-        "id_target": [key(intervention, shift.target, shift.target)],
-    }
 
 
 class PredictionGroups:

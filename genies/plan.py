@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
 from functools import cached_property
 
 from .errors import ConfigError
@@ -43,6 +44,38 @@ INTERVENTIONS = {
 }
 # Interventions whose predictions do not depend on a training dataset (train = none).
 UNTRAINED = ("zero_shot", "random")
+
+
+def prediction_path(model: str, intervention: str, train: str, eval_dataset: str) -> str:
+    return PREDICTION.format(model=model, intervention=intervention, train=train, eval=eval_dataset)
+
+
+def cell_inputs(
+    model: str,
+    intervention: str,
+    shift: Shift,
+    *,
+    capability_interventions: Iterable[str] = ("lora",),
+    untrained: Iterable[str] = UNTRAINED,
+    baseline: str = BASELINE,
+) -> dict[str, list[tuple[str, str, str, str]]]:
+    """The (model, intervention, train, eval) groups each input of a cell reads.
+
+    `prediction_path(*key)` of each key is the file (and the Snakemake target) that holds it.
+    """
+    untrained = set(untrained)
+
+    def key(name, train, eval_dataset):
+        return (model, name, NO_TRAIN if name in untrained else train, eval_dataset)
+
+    ref = shift.target_reference
+    return {
+        "generalization": [key(intervention, shift.source, shift.target)],
+        "source_id": [key(intervention, shift.source, shift.source)],
+        "baseline": [(model, baseline, NO_TRAIN, shift.target)],
+        "capability": [key(c, ref, ref) for c in capability_interventions],
+        "id_target": [key(intervention, shift.target, shift.target)],
+    }
 
 
 @dataclasses.dataclass
@@ -112,14 +145,17 @@ class Plan:
         is evaluated on every dataset the shifts touch.
         """
         pairs = []
-        for s in self.shifts:
-            pairs += [(s.source, s.target), (s.source, s.source), (s.target, s.target)]
-            if intervention in self.config["capability_interventions"]:
-                pairs.append((s.target_reference, s.target_reference))
+        for shift in self.shifts:
+            inputs = cell_inputs(
+                "-",
+                intervention,
+                shift,
+                capability_interventions=self.config["capability_interventions"],
+            )
+            for keys in inputs.values():
+                pairs += [(train, ev) for _, name, train, ev in keys if name == intervention]
         if intervention == BASELINE:
-            pairs += [(d, d) for d in self.datasets]
-        if intervention in UNTRAINED:
-            pairs = [(NO_TRAIN, e) for _, e in pairs]
+            pairs += [(NO_TRAIN, d) for d in self.datasets]
         return list(dict.fromkeys(pairs))
 
     def prediction_files(self) -> list[str]:

@@ -1,0 +1,103 @@
+"""Few-shot prompting and the random baseline.
+
+Few-shot (paper appendix D.8, genies-spec.md 4.2): each evaluated example's prompt is prefixed
+with `n_shots` demonstrations from the source's training examples, each its prompt followed
+by its preferred response, in the published code's layout
+
+    "\\n\\n" + P1 + R1 + "\\n\\n" + P2 + R2 + ... + "\\n\\n" + Pn + Rn + "\\n\\n" + prompt
+
+(no EOS between demonstrations); the responses are then scored like zero-shot. Unlike the
+published code (4 unseeded `random.sample` draws per example), the demonstrations are drawn
+per example from `derive_seed(seed, "few-shot", example_id)`, and never include the evaluated
+example itself (same example id or same content fingerprint: GENIES has train/test
+duplicates), so few-shot on the source itself does not show the model its answer. All pairs
+of an example share its prompt.
+
+Random: a seeded fair coin per pair. It reports probability 0.5 for every pair and is correct
+when its coin says so; a tie is otherwise never a win (`genies.predictions`), which made the
+published random baseline score 0.0 instead of the expected 0.5 (genies-spec.md 4.12).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from .data import read_examples
+from .io import RunRecord, write_parquet
+from .predictions import expand_pairs, predictions_table
+from .probes import derive_seed
+
+DEMO_SEPARATOR = "\n\n"
+
+
+def few_shot_prompt(demonstrations, prompt: str) -> str:
+    """The paper-format prompt: demonstrations are (prompt, preferred response) pairs."""
+    shots = "".join(DEMO_SEPARATOR + p + r for p, r in demonstrations)
+    return shots + DEMO_SEPARATOR + prompt
+
+
+def few_shot_prompts(
+    eval_examples: pa.Table, source_examples: pa.Table, n_shots: int = 5, seed: int = 0
+) -> list[str]:
+    """New prompts for `eval_examples`, demonstrations drawn from `source_examples`."""
+    src = source_examples.select(
+        ["example_id", "fingerprint", "prompt", "responses", "preferred"]
+    ).to_pydict()
+    demos = [r[p] for r, p in zip(src["responses"], src["preferred"], strict=True)]
+    cols = eval_examples.select(["example_id", "fingerprint", "prompt"]).to_pydict()
+    prompts = []
+    for eid, fp, prompt in zip(
+        cols["example_id"], cols["fingerprint"], cols["prompt"], strict=True
+    ):
+        candidates = [
+            i
+            for i, (sid, sfp) in enumerate(zip(src["example_id"], src["fingerprint"], strict=True))
+            if sid != eid and sfp != fp
+        ]
+        if len(candidates) < n_shots:
+            raise ValueError(
+                f"few-shot for {eid}: {n_shots} demonstrations wanted, the source has only "
+                f"{len(candidates)} other examples; lower few_shot.n_shots or raise the caps"
+            )
+        rng = np.random.default_rng(derive_seed(seed, "few-shot", eid))
+        picked = rng.choice(len(candidates), size=n_shots, replace=False)
+        shots = [(src["prompt"][candidates[j]], demos[candidates[j]]) for j in picked]
+        prompts.append(few_shot_prompt(shots, prompt))
+    return prompts
+
+
+def few_shot_examples(
+    eval_examples: pa.Table, source_examples: pa.Table, n_shots: int = 5, seed: int = 0
+) -> pa.Table:
+    """`eval_examples` with few-shot prompts: a materialised split the scorer can run on."""
+    prompts = few_shot_prompts(eval_examples, source_examples, n_shots, seed)
+    column = eval_examples.schema.get_field_index("prompt")
+    return eval_examples.set_column(column, "prompt", pa.array(prompts, pa.string()))
+
+
+def random_predictions(n_pairs: int, eval_dataset: str, seed: int = 0):
+    """(prob_preferred, correct): probability 0.5 everywhere, correct by a seeded fair coin."""
+    rng = np.random.default_rng(derive_seed(seed, "random", eval_dataset))
+    return np.full(n_pairs, 0.5), rng.random(n_pairs) < 0.5
+
+
+def write_few_shot_examples(
+    eval_file, source_file, out_path, *, n_shots, seed, eval_limit, source_limit
+) -> None:
+    run = RunRecord("few_shot_prompts", eval=str(eval_file), source=str(source_file))
+    table = few_shot_examples(
+        read_examples(eval_file, eval_limit),
+        read_examples(source_file, source_limit),
+        n_shots,
+        seed,
+    )
+    write_parquet(table, out_path, run.finish(n_shots=n_shots, seed=seed))
+
+
+def write_random_predictions(data_file, out_path, model, eval_dataset, *, seed, limit) -> None:
+    run = RunRecord("predict", model=model, intervention="random", train="none", eval=eval_dataset)
+    pairs = expand_pairs(read_examples(data_file, limit))
+    prob, correct = random_predictions(len(pairs["example_id"]), eval_dataset, seed)
+    table = predictions_table(model, "random", "none", eval_dataset, pairs, prob, correct)
+    write_parquet(table, out_path, run.finish(params={"seed": seed}))
