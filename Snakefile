@@ -15,6 +15,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/forward.smk"
+include: "rules/fit.smk"
 include: "rules/predict.smk"
 include: "rules/aggregate.smk"
 

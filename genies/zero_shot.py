@@ -32,9 +32,18 @@ FORWARD_SCHEMA = pa.schema(
 
 
 def zero_shot_predictions(
-    examples: pa.Table, forward: pa.Table, normalisation: str, model: str, eval_dataset: str
+    examples: pa.Table,
+    forward: pa.Table,
+    normalisation: str,
+    model: str,
+    eval_dataset: str,
+    intervention: str = "zero_shot",
+    train: str = "none",
 ) -> pa.Table:
-    """Per-pair predictions for the examples that the forward pass scored."""
+    """Per-pair predictions for the examples that the forward pass scored.
+
+    Few-shot uses the same scoring on prompts with demonstrations (`intervention`, `train`).
+    """
     scored_ids = forward.column("example_id").to_pylist()
     order = list(dict.fromkeys(scored_ids))
     position = {eid: i for i, eid in enumerate(order)}
@@ -62,8 +71,8 @@ def zero_shot_predictions(
     s_disp = scores[rows, pairs["dispreferred_response"]]
     return predictions_table(
         model,
-        "zero_shot",
-        "none",
+        intervention,
+        train,
         eval_dataset,
         pairs,
         pair_probabilities(s_pref, s_disp),
@@ -72,12 +81,25 @@ def zero_shot_predictions(
 
 
 def write_zero_shot_predictions(
-    data_file, forward_file, out_path, model: str, eval_dataset: str, normalisation: str
+    data_file,
+    forward_file,
+    out_path,
+    model: str,
+    eval_dataset: str,
+    normalisation: str,
+    intervention: str = "zero_shot",
+    train: str = "none",
 ) -> None:
     run = RunRecord(
-        "predict", model=model, intervention="zero_shot", train="none", eval=eval_dataset
+        "predict", model=model, intervention=intervention, train=train, eval=eval_dataset
     )
     table = zero_shot_predictions(
-        pq.read_table(data_file), pq.read_table(forward_file), normalisation, model, eval_dataset
+        pq.read_table(data_file),
+        pq.read_table(forward_file),
+        normalisation,
+        model,
+        eval_dataset,
+        intervention,
+        train,
     )
     write_parquet(table, out_path, run.finish(params={"normalisation": normalisation}))

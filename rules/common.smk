@@ -10,6 +10,7 @@ sys.path.insert(0, workflow.basedir)
 
 from genies.config import check_semantics
 from genies.plan import INTERVENTIONS, Plan
+from genies.probes import METHODS
 
 validate(config, schema="../schemas/config.schema.yaml")
 check_semantics(config)

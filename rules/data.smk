@@ -8,6 +8,10 @@ rule materialize:
         "results/logs/materialize/{dataset}/{split}.log",
     conda:
         ENV
+    resources:
+        cpus_per_task=job_threads,
+        mem_mb=by_attempt(2000),
+        runtime=by_attempt(15),
     params:
         source=config["data_dir"],
     script:
@@ -21,6 +25,10 @@ rule shift_registry:
         "results/logs/shift_registry.log",
     conda:
         ENV
+    resources:
+        cpus_per_task=job_threads,
+        mem_mb=by_attempt(1000),
+        runtime=by_attempt(5),
     params:
         shifts=[vars(s) for s in plan.shifts],
         genies_pairs=plan.genies_pairs,

@@ -5,6 +5,10 @@ rule prepare_model:
         "results/logs/prepare_model/{model}.log",
     conda:
         ENV
+    resources:
+        cpus_per_task=job_threads,
+        mem_mb=prepare_model_mem_mb,
+        runtime=by_model_size(10, 2),
     params:
         spec=lambda w: config["models"][w.model],
     script:

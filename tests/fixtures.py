@@ -80,6 +80,18 @@ def make_genies_folder(root: Path, n_train=12, n_test=6) -> Path:
     return root
 
 
+# Every intervention that reads or prompts the frozen model, sized for the tiny fixtures.
+FROZEN_MODEL_INTERVENTIONS = {
+    "zero_shot": {},
+    "random": {},
+    "few_shot": {"n_shots": 2},
+    "mms": {"n_units": 2},
+    "lat1": {"n_units": 1},
+    "lat2": {"n_units": 1},
+    "cra": {"n_units": 2},
+    "ccs": {"restarts": 2, "epochs": 50},
+}
+
 TINY_MODEL = {"source": "tiny", "seed": 0, "hidden_size": 64, "num_layers": 2, "num_heads": 4}
 
 

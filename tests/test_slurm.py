@@ -1,0 +1,385 @@
+"""SLURM: the resources each job asks for, and the workflow on a real (local) SLURM cluster.
+
+The unmarked tests read the resources of every planned job from dry runs, with and without
+`--profile slurm` (no cluster needed). The tests marked `slurm` are opt-in (GENIES_SLURM_TEST=1,
+root, apt): they install Debian's SLURM, start a single-node cluster on 127.0.0.1 with two fake
+GPUs (tests/slurm_cluster.py) and run the tiny-model workflow with `snakemake --profile slurm
+genies_table` from the repository root, next to a local run of the same config. One forward job
+is cancelled with `scancel` while it runs; the profile's retries must resubmit it with more
+memory and time, and the database must still equal the local one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import duckdb
+import pytest
+
+from . import slurm_cluster
+from .fixtures import FROZEN_MODEL_INTERVENTIONS, TINY_MODEL, make_genies_folder, workflow_config
+from .workflow import REPO, SNAKEMAKE, write_config
+
+# The rules whose jobs must run on GPU nodes. Add training and GPU evaluation rules here (and
+# to the GPU list in profiles/slurm/config.yaml) when they are written.
+GPU_CLASS = {"forward", "predict_few_shot"}
+# What the profile reads from the environment, as a site would set it; the test cluster has a
+# `cpu` (default) and a `gpu` partition and GPUs of type `fake`.
+SITE_ENV = {
+    "GENIES_SLURM_PARTITION": "cpu",
+    "GENIES_SLURM_GPU_PARTITION": "gpu",
+    "GENIES_SLURM_GPU_MODEL": "fake",
+}
+# The test cluster has no accounting database, so job states come from squeue (docs/slurm.md);
+# the first status check after a submission comes after 2 s instead of the plugin's 40 s; the
+# sbatch command lines are only logged with --verbose.
+CLUSTER_ARGS = (
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "2",
+    "--verbose",
+)
+# Provenance that legitimately differs between two runs of the same job.
+PROVENANCE_COLUMNS = {"seconds", "started_at", "host"}
+
+
+def site_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENIES_SLURM_")}
+    return {**env, **SITE_ENV, **extra}
+
+
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    return [
+        *SNAKEMAKE,
+        "genies_table",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
+
+
+def local_rules() -> set[str]:
+    names = set()
+    for path in (REPO / "rules").glob("*.smk"):
+        for block in re.findall(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", path.read_text(), re.M):
+            names.update(re.findall(r"\w+", block))
+    return names
+
+
+def _key_values(block: str, field: str) -> dict:
+    line = re.search(rf"^\s+{field}: (.*)$", block, re.M)
+    return dict(item.split("=", 1) for item in line.group(1).split(", ")) if line else {}
+
+
+def planned_jobs(workdir: Path, env: dict, profile: bool = True) -> list[SimpleNamespace]:
+    """Rule, wildcards and resources of every job a dry run (with `--profile slurm`) plans."""
+    cmd = snakemake_cmd(workdir, *(["--profile", "slurm"] if profile else []), "--dry-run")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule:
+            jobs.append(
+                SimpleNamespace(
+                    rule=rule.group(1),
+                    wildcards=_key_values(block, "wildcards"),
+                    resources=_key_values(block, "resources"),
+                )
+            )
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def dry_workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm-dry")
+    data = make_genies_folder(root / "genies-data")
+    models = {"small": {**TINY_MODEL, "params_b": 1}, "large": {**TINY_MODEL, "params_b": 10}}
+    config = workflow_config(
+        data,
+        models=models,
+        run_models=["small", "large"],
+        interventions=FROZEN_MODEL_INTERVENTIONS,
+    )
+    write_config(root, config)
+    return root
+
+
+def test_rules_declare_gpu_cpus_memory_and_time(dry_workdir):
+    jobs = planned_jobs(dry_workdir, site_env(), profile=False)
+    local = local_rules()
+    assert {"aggregate", "genies_table"} <= local
+    assert GPU_CLASS <= {job.rule for job in jobs}
+    for job in jobs:
+        res = job.resources
+        if job.rule in local:  # never submitted
+            assert "gpu" not in res, (job.rule, res)
+            continue
+        assert int(res["mem_mb"]) > 0 and int(res["runtime"]) > 0, (job.rule, res)
+        if job.rule in GPU_CLASS:
+            assert res["gpu"] == "1" and int(res["cpus_per_gpu"]) >= 1, (job.rule, res)
+        else:
+            assert "gpu" not in res and int(res["cpus_per_task"]) >= 1, (job.rule, res)
+
+
+def test_profile_resolves_from_repo_root_and_routes_jobs_by_site_environment(dry_workdir):
+    jobs = planned_jobs(dry_workdir, site_env(GENIES_SLURM_ACCOUNT="lab42"))
+    for job in jobs:
+        if job.rule in local_rules():
+            continue
+        res = job.resources
+        assert res["slurm_account"] == "lab42", (job.rule, res)
+        if job.rule in GPU_CLASS:  # the profile's GPU list names exactly these rules
+            assert (res["gpu"], res["slurm_partition"], res["gpu_model"]) == ("1", "gpu", "fake")
+        else:
+            assert "gpu" not in res and "gpu_model" not in res, (job.rule, res)
+            assert res["slurm_partition"] == "cpu", (job.rule, res)
+
+
+def test_profile_without_site_environment_leaves_the_choice_to_slurm(dry_workdir):
+    env = {k: v for k, v in site_env().items() if k not in SITE_ENV}
+    for job in planned_jobs(dry_workdir, env):
+        assert not {"slurm_account", "slurm_partition", "gpu_model"} & set(job.resources), job
+        assert (job.resources.get("gpu") == "1") == (job.rule in GPU_CLASS), job
+
+
+def test_model_jobs_scale_with_the_registry_size(dry_workdir):
+    sizes, local = {}, local_rules()
+    for job in planned_jobs(dry_workdir, site_env()):
+        if "model" in job.wildcards and job.rule not in local:
+            res = job.resources
+            sizes.setdefault((job.rule, job.wildcards["model"]), set()).add(
+                (int(res["mem_mb"]), int(res["runtime"]))
+            )
+    assert {"forward", "prepare_model"} <= {rule for rule, _ in sizes}
+    for rule in ("forward", "prepare_model"):
+        (small,), (large,) = sizes[(rule, "small")], sizes[(rule, "large")]
+        assert large[0] > small[0] and large[1] > small[1], (rule, small, large)
+
+
+# --------------------------------------------------------------------------------------------
+# The real cluster (opt-in)
+
+
+def _cluster_skip_reason() -> str | None:
+    if os.environ.get("GENIES_SLURM_TEST") != "1":
+        return "set GENIES_SLURM_TEST=1 to run the workflow on a local SLURM cluster"
+    return slurm_cluster.unavailable_reason()
+
+
+def _start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = 900) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, f"{proc.args[-12:]} failed ({proc.returncode}):\n{text[-6000:]}"
+    return text
+
+
+def _cancel_a_running_job(cluster, rule: str, workdir: Path, proc: subprocess.Popen):
+    """scancel the first job of `rule` that is RUNNING with its work started; (id, comment)."""
+    logs = workdir / ".snakemake" / "slurm_logs" / f"rule_{rule}"
+    while proc.poll() is None:
+        for job in cluster.jobs().values():
+            if job["JobState"] != "RUNNING" or not job["Comment"].startswith(f"rule_{rule}_"):
+                continue
+            # The job step has launched the rule's work (the plugin logs the srun call first).
+            started = any(
+                "The call for this job is: srun" in p.read_text()
+                for p in logs.glob(f"*/{job['JobId']}.log")
+            )
+            if started and cluster.run("scancel", job["JobId"], check=False).returncode == 0:
+                return job["JobId"], job["Comment"]
+        time.sleep(0.2)
+    return None, None
+
+
+def sbatch_calls(log: str) -> list[SimpleNamespace]:
+    """The sbatch command lines the plugin logged (with --verbose), with rule and attempt."""
+    calls = []
+    for line in re.findall(r"^sbatch call: (.*)$", log, re.M):
+        rule = re.search(r"--target-jobs '(\w+):", line).group(1)
+        attempt = int(re.search(r"--attempt (\d+)", line).group(1))
+        comment = re.search(r"--comment (\S+)", line).group(1)
+        calls.append(SimpleNamespace(rule=rule, attempt=attempt, comment=comment, line=line))
+    return calls
+
+
+def _option(line: str, pattern: str) -> int:
+    return int(re.search(pattern, line.split(" --wrap=", 1)[0]).group(1))
+
+
+@pytest.fixture(scope="module")
+def cluster_run():
+    reason = _cluster_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    began = time.monotonic()
+    slurm_cluster.install()
+    installed = time.monotonic()
+    scratch = Path(tempfile.mkdtemp(prefix="genies-slurm-test-"))
+    cluster = slurm_cluster.SlurmCluster()
+    procs = []  # the Snakemake processes started here, killed by PID if still running at the end
+    try:
+        cluster.start()
+        started = time.monotonic()
+        # One shift (4 datasets, 10 cluster jobs) keeps the run short on a 2-core machine.
+        shift_file = scratch / "one_shift.json"
+        shift_file.write_text(json.dumps([{"source": "src_a", "target": "tgt_b"}]))
+        data = make_genies_folder(scratch / "genies-data")
+        config = workflow_config(data, shifts=str(shift_file))
+        local_dir, slurm_dir = scratch / "local", scratch / "slurm"
+        for workdir in (local_dir, slurm_dir):
+            workdir.mkdir()
+            write_config(workdir, config)
+        env = site_env(SLURM_CONF=str(cluster.conf))
+        profile_args = ("--profile", "slurm", *CLUSTER_ARGS)
+        local_log, first_log, second_log = (scratch / f"{n}.log" for n in ("local", "1", "2"))
+        # The local run goes alongside the cluster run, whose controller mostly waits on
+        # SLURM's scheduling and the plugin's status checks.
+        local = _start(snakemake_cmd(local_dir, "--cores", "2"), local_log, env)
+        first = _start(snakemake_cmd(slurm_dir, *profile_args), first_log, env)
+        procs += [local, first]
+        cancelled = _cancel_a_running_job(cluster, "forward", slurm_dir, first)
+        first_text = _finish(first, first_log)
+        first_done = time.monotonic()
+        local_text = _finish(local, local_log)
+        jobs_after_first = cluster.jobs()
+        procs.append(_start(snakemake_cmd(slurm_dir, *profile_args), second_log, env))
+        second_text = _finish(procs[-1], second_log)
+        run = SimpleNamespace(
+            cluster=cluster,
+            local_dir=local_dir,
+            slurm_dir=slurm_dir,
+            local_log=local_text,
+            first_log=first_text,
+            second_log=second_text,
+            jobs_after_first=jobs_after_first,
+            jobs_after_second=cluster.jobs(),
+            cancelled=cancelled,
+        )
+        print_report(
+            run,
+            install=installed - began,
+            start=started - installed,
+            first=first_done - started,
+            total=time.monotonic() - began,
+        )
+        yield run
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        cluster.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def print_report(run, **seconds) -> None:
+    print("\nsbatch command lines as the plugin built them (first job of each rule):")
+    seen = set()
+    for call in sbatch_calls(run.first_log):
+        if call.rule not in seen or call.attempt > 1:
+            seen.add(call.rule)
+            print(f"  [{call.rule}, attempt {call.attempt}] {call.line.split(' --wrap=')[0]}")
+    print("wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+
+
+@pytest.mark.slurm
+def test_gpu_jobs_request_gpus_and_others_do_not(cluster_run):
+    calls = [c for c in sbatch_calls(cluster_run.first_log) if c.attempt == 1]
+    submitted = {c.rule for c in calls}
+    assert GPU_CLASS <= submitted
+    assert not submitted & local_rules()  # aggregation ran on the submit host
+    for call in calls:
+        options = call.line.split(" --wrap=", 1)[0]
+        if call.rule in GPU_CLASS:
+            assert "--gpus=fake:1" in options and "--cpus-per-gpu=1" in options, options
+            assert " -p gpu " in options, options
+        else:
+            assert "--gpus" not in options and "--gres" not in options, options
+            assert "--cpus-per-task=1" in options and " -p cpu " in options, options
+    # What slurmctld recorded for the jobs it ran.
+    jobs = cluster_run.jobs_after_first.values()
+    assert len(jobs) == len(sbatch_calls(cluster_run.first_log))
+    for job in jobs:
+        rule = re.match(r"rule_(.+?)(_wildcards_|$)", job["Comment"]).group(1)
+        if rule in GPU_CLASS:
+            assert job.get("TresPerJob") == "gres:gpu:fake:1", job
+            assert job["Partition"] == "gpu", job
+        else:
+            assert "gpu" not in job.get("TresPerJob", ""), job
+            assert job["Partition"] == "cpu", job
+
+
+def _tables(db: Path) -> dict:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        names = [r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()]
+        tables = {}
+        for name in names:
+            columns = [
+                r[0]
+                for r in con.execute(
+                    "select column_name from duckdb_columns() where table_name = ?", [name]
+                ).fetchall()
+                if r[0] not in PROVENANCE_COLUMNS
+            ]
+            # Table and column names come from the database itself, not from user input.
+            select = ", ".join(f'"{c}"' for c in columns)
+            rows = con.execute(f'select {select} from "{name}"').fetchall()
+            tables[name] = (columns, sorted(rows, key=repr))
+        return tables
+    finally:
+        con.close()
+
+
+@pytest.mark.slurm
+def test_cluster_result_equals_local_run(cluster_run):
+    local = _tables(cluster_run.local_dir / "results/results.duckdb")
+    cluster = _tables(cluster_run.slurm_dir / "results/results.duckdb")
+    assert local.keys() == cluster.keys() and "predictions" in local
+    assert len(local["predictions"][1]) > 0
+    for name in local:
+        assert cluster[name] == local[name], name
+
+
+@pytest.mark.slurm
+def test_cancelled_job_is_resubmitted_with_more_resources(cluster_run):
+    job_id, comment = cluster_run.cancelled
+    assert job_id, "no forward job was caught running"
+    assert cluster_run.jobs_after_first[job_id]["JobState"] == "CANCELLED"
+    assert f"SLURM-job '{job_id}' failed, SLURM status is: 'CANCELLED'" in cluster_run.first_log
+    attempts = [c for c in sbatch_calls(cluster_run.first_log) if c.comment == comment]
+    assert [c.attempt for c in attempts] == [1, 2]
+    first, second = (c.line for c in attempts)
+    assert _option(second, r"--mem (\d+)") == 2 * _option(first, r"--mem (\d+)")
+    assert _option(second, r" -t (\d+)") == 2 * _option(first, r" -t (\d+)")
+
+
+@pytest.mark.slurm
+def test_second_invocation_submits_nothing(cluster_run):
+    assert "Nothing to be done" in cluster_run.second_log
+    assert not sbatch_calls(cluster_run.second_log)
+    assert cluster_run.jobs_after_second.keys() == cluster_run.jobs_after_first.keys()
