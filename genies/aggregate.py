@@ -27,12 +27,11 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .cells import DEFAULT_CAPABILITY_INTERVENTIONS, compute_cells
 from .io import atomic_path, read_provenance
-from .predictions import PREDICTION_SCHEMA
+from .predictions import read_predictions
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +138,6 @@ def runs_table(files) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _predictions(files) -> pa.Table:
-    if not files:
-        return PREDICTION_SCHEMA.empty_table()
-    dataset = pads.dataset([str(f) for f in files], format="parquet", schema=PREDICTION_SCHEMA)
-    # One chunk per file otherwise: DuckDB ingests (and the cells encode) one contiguous chunk
-    # about twice as fast as thousands of small ones.
-    return dataset.to_table().combine_chunks()
-
-
 def build_database(
     out_path,
     *,
@@ -174,7 +164,7 @@ def build_database(
         clock = now
 
     tables = {"shifts": pq.read_table(shifts_file), "datasets": datasets_table(data_files)}
-    tables["predictions"] = _predictions(prediction_files)
+    tables["predictions"] = read_predictions(prediction_files)
     lap("read_predictions")
     tables["runs"] = runs_table([*data_files, *run_files, *prediction_files])
     lap("runs")

@@ -36,10 +36,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from . import metrics
 from .errors import GeniesError
+from .io import write_json
 from .plan import BASELINE, NO_TRAIN, UNTRAINED, cell_inputs, prediction_path
+from .predictions import read_predictions
 from .shifts import Shift
 
 #: Interventions whose target-reference accuracy is the target-tuned capability by default.
@@ -333,3 +336,25 @@ def load_cell(database, model: str, intervention: str, shift_id: str, *, complet
         )
     cell = dict(zip(names, found[0], strict=True))
     return require_complete(cell) if complete else cell
+
+
+def write_cell(
+    prediction_files, shifts_file, out_path, model, intervention, shift_id, **options
+) -> dict:
+    """Compute one cell from its own prediction files and write it as JSON (a single-cell target).
+
+    Raises IncompleteCellError naming the jobs to run when an input is missing.
+    """
+    shifts = pq.read_table(shifts_file)
+    wanted = [s for s in _as_shifts(shifts) if s.shift_id == shift_id]
+    if not wanted:
+        raise GeniesError(f"shift {shift_id!r} is not in {shifts_file}")
+    table = compute_cells(
+        read_predictions(prediction_files), wanted, expected=[(model, intervention)], **options
+    )
+    rows = [
+        r for r in table.to_pylist() if (r["model"], r["intervention"]) == (model, intervention)
+    ]
+    cell = require_complete(rows[0])
+    write_json(cell, out_path)
+    return cell

@@ -158,6 +158,18 @@ class Plan:
             pairs += [(NO_TRAIN, d) for d in self.datasets]
         return list(dict.fromkeys(pairs))
 
+    def cell_files(self, model: str, intervention: str, shift_id: str) -> list[str]:
+        """The prediction files one cell reads (the inputs of its single-cell target)."""
+        shift = next(s for s in self.shifts if s.shift_id == shift_id)
+        inputs = cell_inputs(
+            model,
+            intervention,
+            shift,
+            capability_interventions=self.config["capability_interventions"],
+        )
+        keys = [key for keys in inputs.values() for key in keys]
+        return list(dict.fromkeys(prediction_path(*key) for key in keys))
+
     def prediction_files(self) -> list[str]:
         return [
             PREDICTION.format(model=m, intervention=i, train=t, eval=e)

@@ -3,6 +3,7 @@ from genies.report import REPORT_TEMPLATES
 
 localrules:
     aggregate,
+    cell,
     report_tables,
     genies_table,
 
@@ -49,3 +50,21 @@ rule genies_table:
         "results/results.duckdb",
         plan.prediction_files(),
         expand(list(REPORT_TEMPLATES.values()), model=plan.models),
+
+
+# One cell, rebuilt from only its own inputs: snakemake results/cells/<model>/<intervention>/<shift>.json
+rule cell:
+    input:
+        shifts="results/shifts.parquet",
+        predictions=lambda w: plan.cell_files(w.model, w.intervention, w.shift),
+    output:
+        "results/cells/{model}/{intervention}/{shift}.json",
+    log:
+        "results/logs/cell/{model}/{intervention}/{shift}.log",
+    conda:
+        ENV
+    params:
+        capability_interventions=config["capability_interventions"],
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/cell.py"

@@ -29,6 +29,7 @@ wildcard_constraints:
     split="train|test",
     stimulus="plain|lat2|yesno",
     intervention=_alternatives(INTERVENTIONS),
+    shift=_alternatives(s.shift_id for s in plan.shifts),
 
 
 ENV = "../envs/genies.yaml"

@@ -2,17 +2,19 @@
 
 import json
 import os
+import shutil
 import time
 from collections import Counter
 
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from genies.io import read_provenance
 
-from .fixtures import make_examples, make_genies_folder, workflow_config
-from .workflow import planned_jobs, planned_outputs, snakemake, write_config
+from .fixtures import GENIES_SHIFTS, make_examples, make_genies_folder, workflow_config
+from .workflow import REPO, planned_jobs, planned_outputs, snakemake, snakemake_with, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -129,3 +131,76 @@ def test_unknown_model_is_rejected_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "run_models names ['missing']" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+CELL = "results/cells/tiny/zero_shot/src_a__tgt_c.json"
+
+
+def test_single_cell_target(workdir):
+    # All its inputs exist: building the cell runs only the cell job.
+    assert planned_jobs(workdir, CELL) == Counter(cell=1)
+    # Forcing its prediction jobs recomputes only what this cell reads: the zero-shot
+    # predictions (and forward passes) of tgt_c, src_a and ref_d (the target reference).
+    forced = planned_outputs(workdir, CELL, extra=("--forcerun", "forward", "predict_zero_shot"))
+    predicted = sorted(p for p in forced if p.startswith("results/predictions/"))
+    assert predicted == [
+        f"results/predictions/tiny/zero_shot/none/{d}.parquet" for d in ("ref_d", "src_a", "tgt_c")
+    ]
+    assert not [p for p in forced if "tgt_b" in p]
+    snakemake(workdir, CELL)
+    cell = json.loads((workdir / CELL).read_text())
+    assert cell["shift_id"] == "src_a__tgt_c" and cell["target_reference"] == "ref_d"
+    assert cell["complete"] and cell["differential_elicitation"] == 0.0
+
+
+def test_adding_a_model_or_shift_adds_only_new_jobs(workdir):
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    try:
+        models = {**config["models"], "tiny2": {**config["models"]["tiny"], "seed": 1}}
+        write_config(workdir, {**config, "models": models, "run_models": ["tiny", "tiny2"]})
+        assert planned_jobs(workdir) == Counter(
+            prepare_model=1,
+            forward=4,
+            predict_zero_shot=4,
+            aggregate=1,
+            report_tables=2,
+            genies_table=1,
+        )
+        assert not [p for p in planned_outputs(workdir) if "/tiny/" in p]
+        shifts = workdir / "more_shifts.json"
+        shifts.write_text(json.dumps([*GENIES_SHIFTS, {"source": "tgt_b", "target": "src_a"}]))
+        write_config(workdir, {**config, "shifts": str(shifts)})
+        # tgt_b -> src_a needs no dataset the run does not have: only the shift table and
+        # what reads it.
+        assert planned_jobs(workdir) == Counter(
+            shift_registry=1, aggregate=1, report_tables=1, genies_table=1
+        )
+    finally:
+        write_config(workdir, config)
+    assert planned_jobs(workdir) == Counter()
+
+
+def test_editing_scripts_or_package_docstrings_reruns_nothing(workdir, tmp_path):
+    # A copy of the workflow whose script and package docstrings differ from the repo's.
+    copy = tmp_path / "workflow"
+    for name in (
+        "Snakefile",
+        "rules",
+        "workflow_scripts",
+        "schemas",
+        "genies",
+        "profiles",
+        "report",
+    ):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(
+                src, copy / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy(src, copy / name)
+    for path in (copy / "genies/zero_shot.py", copy / "workflow_scripts/forward.py"):
+        text = path.read_text()
+        path.write_text(text.replace('"""', '"""Edited docstring. ', 1))
+    proc = snakemake_with(copy / "Snakefile", workdir, "--dry-run", "genies_table")
+    assert "Nothing to be done" in proc.stdout + proc.stderr

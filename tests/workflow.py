@@ -21,10 +21,15 @@ def write_config(workdir: Path, config: dict) -> Path:
 
 
 def snakemake(workdir: Path, *args: str, check=True) -> subprocess.CompletedProcess:
+    return snakemake_with(REPO / "Snakefile", workdir, *args, check=check)
+
+
+def snakemake_with(snakefile: Path, workdir: Path, *args: str, check=True):
+    """Run the workflow of `snakefile` in `workdir` with its config.yaml."""
     cmd = [
         *SNAKEMAKE,
         "--snakefile",
-        str(REPO / "Snakefile"),
+        str(snakefile),
         "--directory",
         str(workdir),
         "--configfile",

@@ -1,0 +1,74 @@
+"""End to end with every frozen-model intervention (zero-shot, random, few-shot, probes)."""
+
+from collections import Counter
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from genies.config import validate_config
+from genies.plan import Plan
+
+from .fixtures import FROZEN_MODEL_INTERVENTIONS, make_genies_folder, workflow_config
+from .workflow import planned_jobs, planned_outputs, snakemake, write_config
+
+pytestmark = pytest.mark.e2e
+CONFIGS = {}  # workdir -> its validated config
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e-interventions")
+    data = make_genies_folder(root / "genies-data")
+    config = workflow_config(data, interventions=FROZEN_MODEL_INTERVENTIONS)
+    write_config(root, config)
+    snakemake(root, "genies_table")
+    CONFIGS[root] = validate_config(config)
+    return root
+
+
+def predictions(workdir):
+    con = duckdb.connect(str(workdir / "results/results.duckdb"), read_only=True)
+    try:
+        return con.execute(
+            "select * from predictions order by model, intervention, train, eval, example_id, "
+            "pair_index"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+def test_every_intervention_predicts_every_needed_pair(workdir):
+    plan = Plan(CONFIGS[workdir])
+    for path in plan.prediction_files():
+        assert (workdir / path).exists(), path
+        assert pq.read_metadata(workdir / path).num_rows > 0
+    con = duckdb.connect(str(workdir / "results/results.duckdb"), read_only=True)
+    table = con.execute("select intervention, complete_shifts from genies_table").fetchall()
+    con.close()
+    assert dict(table) == {name: 2 for name in FROZEN_MODEL_INTERVENTIONS}
+    assert (workdir / "results/genies_table/tiny.md").read_text().strip()
+
+
+def test_probe_parameter_change_reruns_only_that_probe(workdir):
+    config = dict(CONFIGS[workdir])
+    config["interventions"] = {**config["interventions"], "mms": {"n_units": 3}}
+    write_config(workdir, config)
+    try:
+        jobs = planned_jobs(workdir)
+        outputs = planned_outputs(workdir)
+    finally:
+        write_config(workdir, CONFIGS[workdir])
+    # mms is fitted on the 3 datasets that train it and predicts 5 (train, eval) pairs.
+    assert jobs == Counter(
+        fit_probe=3, predict_probe=5, aggregate=1, report_tables=1, genies_table=1
+    )
+    assert all("/mms/" in p for p in outputs if p.startswith(("results/fit", "results/pred")))
+    assert planned_jobs(workdir) == Counter()
+
+
+def test_same_config_gives_identical_predictions(workdir):
+    before = predictions(workdir)
+    rules = ["forward", "few_shot_prompts", "predict_few_shot", "fit_probe", "predict_probe"]
+    snakemake(workdir, "genies_table", "--forcerun", *rules, "predict_random", "predict_zero_shot")
+    assert predictions(workdir) == before
