@@ -22,6 +22,7 @@ SHIFTS = "results/shifts.parquet"
 MODEL_DIR = "resources/models/{model}"
 FORWARD = "results/forward/{model}/{stimulus}/{dataset}/{split}.parquet"
 PREDICTION = "results/predictions/{model}/{intervention}/{train}/{eval}.parquet"
+FEW_SHOT_SCORES = "results/few_shot_scores/{model}/{train}/{eval}.parquet"
 DATABASE = "results/results.duckdb"
 
 SPLITS = ("train", "test")
@@ -179,13 +180,29 @@ class Plan:
         ]
 
     def forward_files(self) -> list[str]:
-        """Forward-pass outputs that predictions read (their provenance goes to `runs`)."""
-        return (
-            [
-                FORWARD.format(model=m, stimulus="plain", dataset=e, split="test")
-                for m in self.models
-                for _, e in self.train_eval_pairs(BASELINE)
-            ]
-            if BASELINE in self.interventions
-            else []
-        )
+        """Forward-pass and few-shot scores that predictions read (their provenance goes to
+        the `runs` table)."""
+        from .probes import METHODS  # torch-heavy: imported only when planning probes
+
+        files = []
+        for m in self.models:
+            for i in self.interventions:
+                pairs = self.train_eval_pairs(i)
+                if i == BASELINE:
+                    files += [
+                        FORWARD.format(model=m, stimulus="plain", dataset=e, split="test")
+                        for _, e in pairs
+                    ]
+                elif i == "few_shot":
+                    files += [FEW_SHOT_SCORES.format(model=m, train=t, eval=e) for t, e in pairs]
+                elif INTERVENTIONS[i] == "probe":
+                    st = METHODS[i].stimulus
+                    files += [
+                        FORWARD.format(model=m, stimulus=st, dataset=t, split="train")
+                        for t, _ in pairs
+                    ]
+                    files += [
+                        FORWARD.format(model=m, stimulus=st, dataset=e, split="test")
+                        for _, e in pairs
+                    ]
+        return list(dict.fromkeys(files))
