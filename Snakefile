@@ -16,6 +16,7 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/forward.smk"
 include: "rules/fit.smk"
+include: "rules/tune.smk"
 include: "rules/predict.smk"
 include: "rules/aggregate.smk"
 

@@ -92,6 +92,13 @@ FROZEN_MODEL_INTERVENTIONS = {
     "ccs": {"restarts": 2, "epochs": 50},
 }
 
+# The trained reward models, a few steps on the tiny fixtures.
+TRAINED_INTERVENTIONS = {
+    "lora": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "lora_r": 4, "lora_alpha": 8},
+    "prompt_tuning": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "num_virtual_tokens": 4},
+}
+ALL_INTERVENTIONS = {**FROZEN_MODEL_INTERVENTIONS, **TRAINED_INTERVENTIONS}
+
 TINY_MODEL = {"source": "tiny", "seed": 0, "hidden_size": 64, "num_layers": 2, "num_heads": 4}
 
 

@@ -30,7 +30,7 @@ from .workflow import REPO, SNAKEMAKE, write_config
 
 # The rules whose jobs must run on GPU nodes. Add training and GPU evaluation rules here (and
 # to the GPU list in profiles/slurm/config.yaml) when they are written.
-GPU_CLASS = {"forward", "predict_few_shot"}
+GPU_CLASS = {"forward", "predict_few_shot", "tune", "predict_tuned"}
 # What the profile reads from the environment, as a site would set it; the test cluster has a
 # `cpu` (default) and a `gpu` partition and GPUs of type `fake`.
 SITE_ENV = {

@@ -1,4 +1,4 @@
-"""End to end with every frozen-model intervention (zero-shot, random, few-shot, probes)."""
+"""End to end with every intervention (zero-shot, random, few-shot, probes, reward models)."""
 
 from collections import Counter
 
@@ -9,7 +9,7 @@ import pytest
 from genies.config import validate_config
 from genies.plan import Plan
 
-from .fixtures import FROZEN_MODEL_INTERVENTIONS, make_genies_folder, workflow_config
+from .fixtures import ALL_INTERVENTIONS, make_genies_folder, workflow_config
 from .workflow import planned_jobs, planned_outputs, snakemake, write_config
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +20,9 @@ CONFIGS = {}  # workdir -> its validated config
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e-interventions")
     data = make_genies_folder(root / "genies-data")
-    config = workflow_config(data, interventions=FROZEN_MODEL_INTERVENTIONS)
+    config = workflow_config(
+        data, interventions=ALL_INTERVENTIONS, capability_interventions=["lora", "zero_shot"]
+    )
     write_config(root, config)
     snakemake(root, "genies_table")
     CONFIGS[root] = validate_config(config)
@@ -46,7 +48,7 @@ def test_every_intervention_predicts_every_needed_pair(workdir):
     con = duckdb.connect(str(workdir / "results/results.duckdb"), read_only=True)
     table = con.execute("select intervention, complete_shifts from genies_table").fetchall()
     con.close()
-    assert dict(table) == {name: 2 for name in FROZEN_MODEL_INTERVENTIONS}
+    assert dict(table) == {name: 2 for name in ALL_INTERVENTIONS}
     assert (workdir / "results/genies_table/tiny.md").read_text().strip()
 
 
@@ -70,5 +72,21 @@ def test_probe_parameter_change_reruns_only_that_probe(workdir):
 def test_same_config_gives_identical_predictions(workdir):
     before = predictions(workdir)
     rules = ["forward", "few_shot_prompts", "predict_few_shot", "fit_probe", "predict_probe"]
+    rules += ["tune", "predict_tuned"]
     snakemake(workdir, "genies_table", "--forcerun", *rules, "predict_random", "predict_zero_shot")
     assert predictions(workdir) == before
+
+
+def test_capability_and_source_runs_share_training_jobs(workdir):
+    """Every dataset is trained once per method, whether it is a source or a target reference."""
+    outputs = planned_outputs(workdir, extra=("--forcerun", "tune"))
+    tuned = sorted(p for p in outputs if p.startswith("results/tune/"))
+    # src_a is the source of both shifts; ref_d is only a target reference (capability).
+    lora = [f"results/tune/tiny/lora/{d}" for d in ("ref_d", "src_a", "tgt_b", "tgt_c")]
+    # prompt tuning is not a capability intervention here: no ref_d training.
+    prompt = [f"results/tune/tiny/prompt_tuning/{d}" for d in ("src_a", "tgt_b", "tgt_c")]
+    assert tuned == lora + prompt
+    con = duckdb.connect(str(workdir / "results/results.duckdb"), read_only=True)
+    winners = con.execute("select distinct capability_intervention from cells").fetchall()
+    con.close()
+    assert winners and {w for (w,) in winners} <= {"lora", "zero_shot"}
