@@ -26,7 +26,7 @@ import pyarrow as pa
 from .data import read_examples
 from .io import RunRecord, write_parquet
 from .predictions import expand_pairs, predictions_table
-from .probes import derive_seed
+from .seeds import derive_seed
 
 DEMO_SEPARATOR = "\n\n"
 

@@ -10,7 +10,6 @@ split (the config's caps).
 from __future__ import annotations
 
 import logging
-import time
 
 import pyarrow as pa
 import torch
@@ -19,28 +18,12 @@ from .activations import ActivationCapture, ActivationWriter, activation_tensors
 from .data import read_examples
 from .io import RunRecord, write_parquet
 from .models import load_model
+from .progress import ProgressLog
 from .scoring import score_tokenized, tokenize_examples
 from .stimuli import stimulus_units
 from .zero_shot import FORWARD_SCHEMA
 
 log = logging.getLogger(__name__)
-
-
-class _Progress:
-    """Logs done/total, examples per second and ETA at most every `every` seconds."""
-
-    def __init__(self, label: str, every: float = 10.0):
-        self.label, self.every = label, every
-        self.start = self.last = time.time()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.time()
-        if now - self.last < self.every and done < total:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (total - done) / rate if rate > 0 else float("nan")
-        log.info("%s: %d/%d examples, %.2f ex/s, ETA %.0f s", self.label, done, total, rate, eta)
 
 
 def run_forward(
@@ -98,7 +81,7 @@ def run_forward(
             response_ids,
             batch_tokens=batch_tokens,
             device=loaded.device,
-            progress=_Progress(f"{model_name}/{stimulus}/{dataset}/{split}"),
+            progress=ProgressLog(f"{model_name}/{stimulus}/{dataset}/{split}"),
             capture=capture,
         )
     except BaseException:

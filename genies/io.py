@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +23,40 @@ import pyarrow.parquet as pq
 
 PROVENANCE_KEY = b"genies.provenance"
 TRACKED_PACKAGES = ("genies", "torch", "transformers", "peft", "bitsandbytes", "pyarrow", "duckdb")
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir):
+    """Yield an empty temporary sibling of `out_dir`; move it onto `out_dir` only on success."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    remove_path(tmp)
+    remove_path(old)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out_dir.exists() or out_dir.is_symlink():
+            os.replace(out_dir, old)  # only now, when the new directory is complete
+            try:
+                os.replace(tmp, out_dir)
+            except BaseException:
+                os.replace(old, out_dir)
+                raise
+            remove_path(old)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        remove_path(tmp)
+
+
+def remove_path(path) -> None:
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 @contextlib.contextmanager

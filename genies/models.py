@@ -24,12 +24,9 @@ CPU bfloat16 only when the CPU has native bf16 instructions (else float32). An e
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
-import os
 import platform
-import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +34,7 @@ from pathlib import Path
 import torch
 
 from genies.errors import GeniesError
+from genies.io import atomic_dir
 
 SOURCES = ("smollm2", "local", "tiny")
 MODEL_INFO_FILE = "genies_model.json"
@@ -86,7 +84,7 @@ def prepare_model(spec: dict, out_dir) -> None:
     if source not in SOURCES:
         raise ModelError(f"unknown model source {source!r}; allowed sources: {', '.join(SOURCES)}")
     out_dir = Path(out_dir)
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         if source == "tiny":
             info = _prepare_tiny(spec, tmp)
         elif source == "smollm2":
@@ -242,38 +240,6 @@ def _describe(config, n_params: int, source: str, extra: dict | None = None) -> 
 
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
-
-
-@contextlib.contextmanager
-def _atomic_dir(out_dir: Path):
-    """Yield an empty temporary sibling of `out_dir`; move it onto `out_dir` only on success."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    _remove(tmp)
-    _remove(old)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out_dir.exists() or out_dir.is_symlink():
-            os.replace(out_dir, old)  # only now, when the new directory is complete
-            try:
-                os.replace(tmp, out_dir)
-            except BaseException:
-                os.replace(old, out_dir)
-                raise
-            _remove(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        _remove(tmp)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
 
 
 # --------------------------------------------------------------------------------------------

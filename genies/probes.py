@@ -56,7 +56,6 @@ names, not Python's salted `hash`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from collections.abc import Mapping
@@ -74,6 +73,7 @@ from .calibration import calibrated_probability, fit_logistic, fit_pair_calibrat
 from .data import read_examples
 from .io import RunRecord, atomic_path, write_json, write_parquet
 from .predictions import expand_pairs, predictions_table
+from .seeds import derive_seed
 
 # ----------------------------------------------------------------------------- methods
 
@@ -122,12 +122,6 @@ def method_params(method: str, params: Mapping | None = None) -> dict:
     if out.get("centre", "eval") not in ("eval", "source"):
         raise ValueError(f"{method}: centre must be 'eval' or 'source'")
     return out
-
-
-def derive_seed(seed: int, *names) -> int:
-    """A 32-bit seed for one purpose, stable across processes and platforms."""
-    payload = json.dumps([int(seed), *map(str, names)]).encode()
-    return int.from_bytes(hashlib.sha256(payload).digest()[:4], "little")
 
 
 # ----------------------------------------------------------------------------- inputs

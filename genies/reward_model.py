@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
 import warnings
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from .errors import GeniesError
 from .io import RunRecord, write_parquet
 from .models import load_model, model_layout
 from .predictions import expand_pairs, predictions_table
+from .progress import ProgressLog
 from .scoring import pair_probabilities, tokenize_examples
 
 log = logging.getLogger(__name__)
@@ -303,23 +303,6 @@ def explain_oom(doing: str, advice: str):
 # --------------------------------------------------------------------------- prediction
 
 
-class _Progress:
-    """Logs done/total, rate and ETA at most every `every` seconds."""
-
-    def __init__(self, label: str, unit: str, every: float = 10.0):
-        self.label, self.unit, self.every = label, unit, every
-        self.start = self.last = time.time()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.time()
-        if now - self.last < self.every and done < total:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (total - done) / rate if rate > 0 else float("nan")
-        log.info("%s: %d/%d %s, %.2f/s, ETA %.0f s", self.label, done, total, self.unit, rate, eta)
-
-
 def reward_predictions(
     model, tokenizer, examples: pa.Table, *, labels: dict, batch_size: int, max_length, device
 ) -> pa.Table:
@@ -333,7 +316,7 @@ def reward_predictions(
     seqs, cut = encode_examples(tokenizer, cols["prompt"], cols["responses"], max_length)
     if cut:
         log.warning("%d sequences longer than max_length=%s were cut", cut, max_length)
-    progress = _Progress(f"predict {labels['eval_dataset']}", "responses")
+    progress = ProgressLog(f"predict {labels['eval_dataset']}", "responses")
     with explain_oom(
         f"scoring {labels['eval_dataset']} in batches of {batch_size} sequences",
         f"Lower the prediction batch size (`eval_batch_size`, now {batch_size}).",

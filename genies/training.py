@@ -57,8 +57,8 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .data import read_examples
-from .io import RunRecord, write_json
-from .models import MODEL_INFO_FILE, _atomic_dir, resolve_device, resolve_model_dir
+from .io import RunRecord, atomic_dir, write_json
+from .models import MODEL_INFO_FILE, resolve_device, resolve_model_dir
 from .predictions import expand_pairs
 from .reward_model import (
     INFO_FILE,
@@ -74,7 +74,8 @@ from .reward_model import (
     pair_rewards,
     preference_loss,
 )
-from .training_data import PairOrder, choose_pairs, derive_seed, split_rows
+from .seeds import derive_seed
+from .training_data import PairOrder, choose_pairs, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +332,7 @@ def train_reward_model(
     info["provenance"] = run.finish(
         dataset=dataset, device=str(device), dtype=str(loaded.dtype).removeprefix("torch.")
     )
-    with _atomic_dir(Path(out_dir)) as tmp:
+    with atomic_dir(out_dir) as tmp:
         shutil.copyfile(latest_checkpoint(work_dir) / BEST_FILE, tmp / WEIGHTS_FILE)
         write_json(info, tmp / INFO_FILE)
     shutil.rmtree(work_dir)

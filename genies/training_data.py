@@ -9,18 +9,10 @@ dispreferred response of each training pair), "order", epoch (the pair order of 
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 
 from .reward_model import RewardModelError
-
-
-def derive_seed(seed: int, *parts) -> int:
-    """A 63-bit seed from the config seed and a purpose (dataset name, label, numbers)."""
-    digest = hashlib.sha256(json.dumps([seed, *parts]).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+from .seeds import derive_seed
 
 
 def split_rows(n: int, val_fraction: float, seed: int, dataset: str):

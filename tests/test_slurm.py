@@ -25,7 +25,7 @@ import duckdb
 import pytest
 
 from . import slurm_cluster
-from .fixtures import FROZEN_MODEL_INTERVENTIONS, TINY_MODEL, make_genies_folder, workflow_config
+from .fixtures import ALL_INTERVENTIONS, TINY_MODEL, make_genies_folder, workflow_config
 from .workflow import REPO, SNAKEMAKE, write_config
 
 # The rules whose jobs must run on GPU nodes. Add training and GPU evaluation rules here (and
@@ -113,7 +113,7 @@ def dry_workdir(tmp_path_factory):
         data,
         models=models,
         run_models=["small", "large"],
-        interventions=FROZEN_MODEL_INTERVENTIONS,
+        interventions=ALL_INTERVENTIONS,
     )
     write_config(root, config)
     return root
