@@ -33,6 +33,22 @@ wildcard_constraints:
 
 
 ENV = "../envs/genies.yaml"
+PROBES = plan.of_family("probe")
+TUNED = plan.of_family("tuned")
+
+
+def probe_stimulus(wildcards):
+    return METHODS[wildcards.intervention].stimulus
+
+
+def tune_params(wildcards):
+    """A reward model's parameters: the caps and scoring device unless the method sets them."""
+    defaults = {
+        "max_train_examples": plan.cap("train"),
+        "device": config["scoring"]["device"],
+        "dtype": config["scoring"]["dtype"],
+    }
+    return {**defaults, **config["interventions"][wildcards.intervention]}
 
 
 import math

@@ -1,9 +1,4 @@
 # Probe methods (MMS, LAT 1/2, CRA, CCS): CPU fits that read cached activations only.
-PROBES = plan.of_family("probe")
-
-
-def probe_stimulus(wildcards):
-    return METHODS[wildcards.intervention].stimulus
 
 
 rule fit_probe:

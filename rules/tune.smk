@@ -1,15 +1,5 @@
 # Trained reward models (LoRA / QLoRA, prompt tuning). One training per (model, method,
 # dataset): a shift's source and a target reference train the same job.
-TUNED = plan.of_family("tuned")
-
-
-def tune_params(wildcards):
-    defaults = {
-        "max_train_examples": plan.cap("train"),
-        "device": config["scoring"]["device"],
-        "dtype": config["scoring"]["dtype"],
-    }
-    return {**defaults, **config["interventions"][wildcards.intervention]}
 
 
 rule tune:
