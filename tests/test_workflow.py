@@ -183,6 +183,7 @@ def test_adding_a_model_or_shift_adds_only_new_jobs(workdir):
 def test_editing_scripts_or_package_docstrings_reruns_nothing(workdir, tmp_path):
     # A copy of the workflow whose script and package docstrings differ from the repo's.
     copy = tmp_path / "workflow"
+    copy.mkdir()
     for name in (
         "Snakefile",
         "rules",

@@ -49,7 +49,8 @@ def snakemake_with(snakefile: Path, workdir: Path, *args: str, check=True):
 
 def planned_jobs(workdir: Path, *targets: str, extra=()) -> Counter:
     """Rule -> number of jobs a dry run would execute (empty when nothing is to be done)."""
-    proc = snakemake(workdir, "--dry-run", *extra, *(targets or ("genies_table",)))
+    # Targets first: options such as --forcerun take every word that follows them.
+    proc = snakemake(workdir, "--dry-run", *(targets or ("genies_table",)), *extra)
     text = proc.stdout + proc.stderr
     if "Nothing to be done" in text:
         return Counter()
@@ -66,6 +67,7 @@ def planned_jobs(workdir: Path, *targets: str, extra=()) -> Counter:
 
 def planned_outputs(workdir: Path, *targets: str, extra=()) -> list[str]:
     """The output files a dry run would (re)create, for finer checks than job counts."""
-    proc = snakemake(workdir, "--dry-run", *extra, *(targets or ("genies_table",)))
+    # Targets first: options such as --forcerun take every word that follows them.
+    proc = snakemake(workdir, "--dry-run", *(targets or ("genies_table",)), *extra)
     lines = re.findall(r"^\s+output: (.+)$", proc.stdout + proc.stderr, flags=re.M)
     return [path for line in lines for path in line.split(", ")]
