@@ -310,7 +310,9 @@ def print_report(run, **seconds) -> None:
 def test_gpu_jobs_request_gpus_and_others_do_not(cluster_run):
     calls = [c for c in sbatch_calls(cluster_run.first_log) if c.attempt == 1]
     submitted = {c.rule for c in calls}
-    assert GPU_CLASS <= submitted
+    # The cluster run is zero-shot only (to stay short): its GPU-class jobs are the forward
+    # passes. The dry-run tests above check the resources of every GPU-class rule.
+    assert "forward" in submitted and "materialize" in submitted
     assert not submitted & local_rules()  # aggregation ran on the submit host
     for call in calls:
         options = call.line.split(" --wrap=", 1)[0]
