@@ -1,0 +1,343 @@
+"""Benchmark building the DAG and a no-op run of the full-size workflow (issue 5's goal:
+"DAG and no-op under 10 s").
+
+Writes a config with every unique shift (`shifts: all`), all 10 interventions (parameters
+`{}`) and 3 models (`tiny` registry entries that differ in seed; nothing is ever run) over the
+real GENIES data, in a scratch directory, and times with the repository's Snakefile:
+
+1. `snakemake -n genies_table` (parse + DAG + printing the jobs) and the number of jobs;
+2. `snakemake --cores 2 genies_table` when everything is up to date. The up-to-date tree is
+   faked without computing anything: every output the dry run lists is created empty (the
+   `directory()` outputs as folders) with mtimes that increase along the DAG, so each output
+   is newer than its inputs. A dry run checks that nothing would run before the real no-op
+   is timed (a stale job would otherwise really run); if something would, its reasons are
+   printed instead. A tree made this way has no Snakemake metadata (.snakemake/metadata), so
+   the params/input/software-env triggers have nothing to compare; so the no-op is timed a
+   second time after `snakemake --touch --forceall` recorded metadata for every job, as a
+   real run leaves it (--no-metadata skips this).
+
+Each command runs --repeats times; median and min are printed together with the machine's
+load average (the machine may be shared). Phases come from the time each log line appears:
+parse = start until "Building DAG of jobs...", DAG = until the first "Job stats:" (dry run) or
+"Nothing to be done" (no-op), rest = until the process exits (printing the jobs of a dry run).
+
+    .venv/bin/python bench/bench_dag.py [--repeats 3] [--models 3] [--shifts all]
+        [--data-dir /work/shared/genies-data] [--workdir DIR] [--keep] [--no-metadata]
+        [--gc-experiment]
+
+With --gc-experiment each command is also timed with Python's cyclic garbage collector off
+(`gc.disable()`, and `gc.freeze()` at exit), to show what the collector costs.
+
+A run takes about 5 minutes on 2 cores, 2 of them for the `snakemake --touch` that
+--no-metadata skips; --gc-experiment adds about 2 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+INTERVENTIONS = [
+    "zero_shot",
+    "random",
+    "few_shot",
+    "mms",
+    "lat1",
+    "lat2",
+    "cra",
+    "ccs",
+    "lora",
+    "prompt_tuning",
+]
+# Rules whose output is a directory() (rules/models.smk, rules/tune.smk).
+DIRECTORY_RULES = {"prepare_model", "tune"}
+RESULTS: list[tuple[str, dict]] = []
+# `snakemake --touch` sleeps 0.1 s per job (snakemake/executors/touch.py): 10 minutes for the
+# full DAG. Run it with the sleep patched out.
+TOUCH_WITHOUT_SLEEP = (
+    "import sys; import snakemake.executors.touch as t; t.Executor.SLEEPING_TIME = 0; "
+    "from snakemake.cli import main; sys.argv[0] = 'snakemake'; main()"
+)
+# --gc-experiment: the same command with Python's cyclic garbage collector off (and the heap
+# frozen at exit, so that interpreter shutdown does not collect it either).
+GC_OFF = (
+    "import atexit, gc, sys; gc.disable(); atexit.register(gc.freeze); "
+    "from snakemake.cli import main; sys.argv[0] = 'snakemake'; main()"
+)
+
+
+def write_config(workdir: Path, data_dir: str, shifts: str, n_models: int) -> None:
+    models = {f"tiny-{i}": {"source": "tiny", "seed": i} for i in range(n_models)}
+    config = {
+        "data_dir": data_dir,
+        "shifts": shifts,
+        "models": models,
+        "run_models": list(models),
+        "interventions": {name: {} for name in INTERVENTIONS},
+    }
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def snakemake_cmd(workdir: Path, *args: str, python_code: str | None = None) -> list[str]:
+    head = (
+        [sys.executable, "-c", python_code] if python_code else [sys.executable, "-m", "snakemake"]
+    )
+    return [
+        *head,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
+
+
+class Run:
+    """One timed snakemake process: its merged output and when each line appeared."""
+
+    def __init__(self, cmd: list[str], done_marker: str):
+        self.load = os.getloadavg()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        lines, self.parse_s, self.dag_s = [], None, None
+        for line in proc.stdout:
+            now = time.perf_counter() - start
+            if self.parse_s is None and line.startswith("Building DAG of jobs"):
+                self.parse_s = now
+            if self.dag_s is None and line.startswith(done_marker):
+                self.dag_s = now
+            lines.append(line)
+        _, status, usage = os.wait4(proc.pid, 0)
+        self.total_s = time.perf_counter() - start
+        self.returncode = proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu_s = usage.ru_utime + usage.ru_stime
+        self.text = "".join(lines)
+        if self.returncode != 0:
+            raise SystemExit(f"failed ({self.returncode}): {' '.join(cmd)}\n{self.text[-5000:]}")
+
+
+def job_stats(text: str) -> Counter:
+    """Rule -> job count from the (first) "Job stats:" table, with "total"."""
+    jobs = Counter()
+    if "Job stats:" not in text:
+        return jobs
+    for line in text.split("Job stats:", 1)[1].splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        jobs[m.group(1)] = int(m.group(2))
+    return jobs
+
+
+def dry_run_jobs(text: str) -> list[tuple[str, list[str], list[str]]]:
+    """(rule, inputs, outputs) of every job a dry run lists."""
+    jobs = []
+    for block in re.split(r"^(?:localrule|rule) ", text, flags=re.M)[1:]:
+        rule = block.split(":", 1)[0]
+        fields = dict(re.findall(r"^\s+(input|output): (.+)$", block, flags=re.M))
+        inputs = fields["input"].split(", ") if "input" in fields else []
+        outputs = fields["output"].split(", ") if "output" in fields else []
+        jobs.append((rule, inputs, outputs))
+    return jobs
+
+
+def fake_outputs(workdir: Path, jobs) -> int:
+    """Create every output, each newer than its inputs; returns the number of paths."""
+    producer = {out: i for i, (_, _, outputs) in enumerate(jobs) for out in outputs}
+    level: dict[int, int] = {}
+
+    def depth(i: int) -> int:  # 0 = reads only raw data
+        if i not in level:
+            level[i] = 1 + max(
+                (depth(producer[f]) for f in jobs[i][1] if f in producer), default=-1
+            )
+        return level[i]
+
+    sys.setrecursionlimit(max(10_000, sys.getrecursionlimit()))
+    raw = {f for _, inputs, _ in jobs for f in inputs if f not in producer}
+    newest_raw = max((os.stat(f).st_mtime for f in raw if os.path.exists(f)), default=0.0)
+    base = max(time.time() - 3600, newest_raw + 1)
+    paths = []
+    for i, (rule, _, outputs) in enumerate(jobs):
+        for out in outputs:
+            path = workdir / out
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if rule in DIRECTORY_RULES:
+                path.mkdir(exist_ok=True)
+            else:
+                path.touch()
+            paths.append((path, base + 10 * depth(i)))
+    # Only after every path exists: creating a file changes its folder's mtime.
+    for path, mtime in paths:
+        os.utime(path, (mtime, mtime))
+    return len(paths)
+
+
+def reasons(text: str) -> str:
+    block = text.split("Reasons:", 1)[1] if "Reasons:" in text else ""
+    return block.split("This was a dry-run", 1)[0].rstrip()
+
+
+def timed(label: str, cmd: list[str], marker: str, repeats: int) -> list[Run]:
+    runs = []
+    for r in range(repeats):
+        run = Run(cmd, marker)
+        runs.append(run)
+        phases = f"parse {run.parse_s or 0:5.2f}, until {marker!r} {run.dag_s or 0:6.2f}"
+        load = " ".join(f"{x:.2f}" for x in run.load)
+        print(
+            f"  {label} #{r + 1}: wall {run.total_s:6.2f} s ({phases}), "
+            f"cpu {run.cpu_s:6.2f} s, load avg {load}"
+        )
+    summary = {
+        "wall": [r.total_s for r in runs],
+        f"until {marker!r}": [r.dag_s for r in runs if r.dag_s is not None],
+        "parse": [r.parse_s for r in runs if r.parse_s is not None],
+        "cpu": [r.cpu_s for r in runs],
+    }
+    for what, values in summary.items():
+        if values:
+            print(
+                f"  {label} {what}: median {statistics.median(values):.2f} s, "
+                f"min {min(values):.2f} s"
+            )
+    RESULTS.append((label, summary))
+    return runs
+
+
+def noop(workdir: Path, repeats: int, cores: str, label: str, python_code=None) -> None:
+    check = Run(snakemake_cmd(workdir, "--dry-run", "genies_table"), "Nothing to be done")
+    if "Nothing to be done" not in check.text:
+        stats = job_stats(check.text)
+        print(f"  NOT up to date: {stats.get('total', '?')} jobs would run: {dict(stats)}")
+        print(reasons(check.text))
+        print("  (the no-op is not timed: it would run those jobs)")
+        return
+    runs = timed(
+        label,
+        snakemake_cmd(workdir, "--cores", cores, "genies_table", python_code=python_code),
+        "Nothing to be done",
+        repeats,
+    )
+    ok = all("Nothing to be done" in r.text for r in runs)
+    print(f"  every run said 'Nothing to be done': {ok}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data-dir", default="/work/shared/genies-data")
+    ap.add_argument("--shifts", default="all", help="genies | all | extreme | probing | file")
+    ap.add_argument("--models", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cores", default="2")
+    ap.add_argument("--workdir", help="scratch directory (default: a new temporary one)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument(
+        "--no-metadata",
+        dest="metadata",
+        action="store_false",
+        help="skip the no-op with metadata recorded by `snakemake --touch`",
+    )
+    ap.add_argument(
+        "--gc-experiment",
+        action="store_true",
+        help="also time each command with Python's garbage collector disabled",
+    )
+    args = ap.parse_args()
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_dag_")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        write_config(workdir, str(Path(args.data_dir).resolve()), args.shifts, args.models)
+        print(f"workdir {workdir}; cpus {os.cpu_count()}; load avg {os.getloadavg()}")
+        print(
+            f"config: shifts={args.shifts}, {len(INTERVENTIONS)} interventions, "
+            f"{args.models} models, data {args.data_dir}"
+        )
+
+        print("1. dry run: snakemake -n genies_table")
+        runs = timed(
+            "dry run", snakemake_cmd(workdir, "-n", "genies_table"), "Job stats:", args.repeats
+        )
+        if args.gc_experiment:
+            timed(
+                "dry run (gc off)",
+                snakemake_cmd(workdir, "-n", "genies_table", python_code=GC_OFF),
+                "Job stats:",
+                args.repeats,
+            )
+        text = runs[0].text
+        stats = job_stats(text)
+        print(f"  jobs in the DAG: {stats['total']}")
+        print("  " + ", ".join(f"{rule} {n}" for rule, n in stats.items() if rule != "total"))
+        shifts = re.findall(r"entry \d+ repeats shift", text)
+        print(f"  (duplicate shifts dropped from the shift file: {len(shifts)})")
+
+        print("2. no-op: snakemake --cores 2 genies_table with every output up to date")
+        start = time.perf_counter()
+        jobs = dry_run_jobs(text)
+        n = fake_outputs(workdir, jobs)
+        print(
+            f"  created {n} outputs of {len(jobs)} jobs (empty, increasing mtimes) "
+            f"in {time.perf_counter() - start:.1f} s"
+        )
+        noop(workdir, args.repeats, args.cores, "no-op (no metadata)")
+        if args.gc_experiment:
+            noop(workdir, args.repeats, args.cores, "no-op (no meta, gc off)", GC_OFF)
+
+        if args.metadata:
+            start = time.perf_counter()
+            Run(
+                snakemake_cmd(
+                    workdir,
+                    "--touch",
+                    "--forceall",
+                    "--cores",
+                    args.cores,
+                    "genies_table",
+                    python_code=TOUCH_WITHOUT_SLEEP,
+                ),
+                "Job stats:",
+            )
+            records = sum(1 for _ in (workdir / ".snakemake/metadata").iterdir())
+            print(
+                f"  snakemake --touch --forceall recorded {records} metadata files "
+                f"in {time.perf_counter() - start:.1f} s"
+            )
+            noop(workdir, args.repeats, args.cores, "no-op (with metadata)")
+            if args.gc_experiment:
+                noop(workdir, args.repeats, args.cores, "no-op (metadata, gc off)", GC_OFF)
+        print(f"summary (goal: DAG and no-op under 10 s; load avg now {os.getloadavg()}):")
+        for label, summary in RESULTS:
+            cells = ", ".join(
+                f"{what} {statistics.median(v):.2f}/{min(v):.2f}"
+                for what, v in summary.items()
+                if v
+            )
+            print(f"  {label:<26} median/min s: {cells}")
+    finally:
+        if args.keep or args.workdir:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
