@@ -26,7 +26,7 @@ import pytest
 
 from . import slurm_cluster
 from .fixtures import ALL_INTERVENTIONS, TINY_MODEL, make_genies_folder, workflow_config
-from .workflow import REPO, SNAKEMAKE, write_config
+from .workflow import REPO, snakemake_command, write_config
 
 # The rules whose jobs must run on GPU nodes. Add training and GPU evaluation rules here (and
 # to the GPU list in profiles/slurm/config.yaml) when they are written.
@@ -58,17 +58,7 @@ def site_env(**extra) -> dict:
 
 
 def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
-    return [
-        *SNAKEMAKE,
-        "genies_table",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        *args,
-    ]
+    return snakemake_command(workdir, *args, targets=["genies_table"])
 
 
 def local_rules() -> set[str]:

@@ -24,20 +24,28 @@ def snakemake(workdir: Path, *args: str, check=True) -> subprocess.CompletedProc
     return snakemake_with(REPO / "Snakefile", workdir, *args, check=check)
 
 
-def snakemake_with(snakefile: Path, workdir: Path, *args: str, check=True):
-    """Run the workflow of `snakefile` in `workdir` with its config.yaml."""
-    cmd = [
+def snakemake_command(
+    workdir: Path, *args: str, targets=(), snakefile: Path = REPO / "Snakefile"
+) -> list:
+    """The command line that runs the workflow of `snakefile` in `workdir` with its config.
+
+    Targets come first: options such as --configfile take every word that follows them."""
+    return [
         *SNAKEMAKE,
+        *targets,
         "--snakefile",
         str(snakefile),
         "--directory",
         str(workdir),
         "--configfile",
         str(workdir / "config.yaml"),
-        "--cores",
-        "2",
         *args,
     ]
+
+
+def snakemake_with(snakefile: Path, workdir: Path, *args: str, check=True):
+    """Run the workflow of `snakefile` in `workdir` with its config.yaml."""
+    cmd = snakemake_command(workdir, "--cores", "2", *args, snakefile=snakefile)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     if check and proc.returncode != 0:
         raise AssertionError(
