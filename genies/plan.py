@@ -45,6 +45,20 @@ INTERVENTIONS = {
 }
 # Interventions whose predictions do not depend on a training dataset (train = none).
 UNTRAINED = ("zero_shot", "random")
+# Probe intervention -> the forward stimulus whose activations it reads. It decides which
+# forward jobs a fit needs, so it lives here, where the Snakefile can read it without torch.
+PROBE_STIMULUS = {"mms": "plain", "lat1": "plain", "lat2": "lat2", "cra": "yesno", "ccs": "yesno"}
+
+REPORT_DIR = "results/genies_table"
+REPORT_TEMPLATES = {
+    "table_csv": REPORT_DIR + "/{model}.csv",
+    "table_md": REPORT_DIR + "/{model}.md",
+    "shift_matrix_csv": REPORT_DIR + "/{model}.shift_matrix.csv",
+    "shift_matrix_md": REPORT_DIR + "/{model}.shift_matrix.md",
+    "de_heatmap": REPORT_DIR + "/{model}.de_heatmap.png",
+    "generalization_plot": REPORT_DIR + "/{model}.generalization_vs_zero_shot.png",
+    "de_bars": REPORT_DIR + "/{model}.de_bars.png",
+}
 
 
 def prediction_path(model: str, intervention: str, train: str, eval_dataset: str) -> str:
@@ -182,8 +196,6 @@ class Plan:
     def forward_files(self) -> list[str]:
         """Forward-pass and few-shot scores that predictions read (their provenance goes to
         the `runs` table)."""
-        from .probes import METHODS  # torch-heavy: imported only when planning probes
-
         files = []
         for m in self.models:
             for i in self.interventions:
@@ -196,7 +208,7 @@ class Plan:
                 elif i == "few_shot":
                     files += [FEW_SHOT_SCORES.format(model=m, train=t, eval=e) for t, e in pairs]
                 elif INTERVENTIONS[i] == "probe":
-                    st = METHODS[i].stimulus
+                    st = PROBE_STIMULUS[i]
                     files += [
                         FORWARD.format(model=m, stimulus=st, dataset=t, split="train")
                         for t, _ in pairs

@@ -72,6 +72,7 @@ from . import ccs as ccs_probe
 from .calibration import calibrated_probability, fit_logistic, fit_pair_calibration
 from .data import read_examples
 from .io import RunRecord, atomic_path, write_json, write_parquet
+from .plan import PROBE_STIMULUS
 from .predictions import expand_pairs, predictions_table
 from .seeds import derive_seed
 
@@ -85,12 +86,16 @@ class Method:
     rule: str  # "mean_difference" or "ccs"
 
 
+_UNIT_AND_RULE = {
+    "mms": ("heads", "mean_difference"),
+    "lat1": ("resid", "mean_difference"),
+    "lat2": ("resid", "mean_difference"),
+    "cra": ("heads", "mean_difference"),
+    "ccs": ("resid", "ccs"),
+}
 METHODS = {
-    "mms": Method("heads", "plain", "mean_difference"),
-    "lat1": Method("resid", "plain", "mean_difference"),
-    "lat2": Method("resid", "lat2", "mean_difference"),
-    "cra": Method("heads", "yesno", "mean_difference"),
-    "ccs": Method("resid", "yesno", "ccs"),
+    name: Method(tensor, PROBE_STIMULUS[name], rule)
+    for name, (tensor, rule) in _UNIT_AND_RULE.items()
 }
 CONTRAST = ("yes", "no")  # the readings of a yesno row pair, in row order
 

@@ -32,19 +32,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from .io import atomic_path
-from .plan import BASELINE
+from .plan import BASELINE, REPORT_TEMPLATES
 
-REPORT_DIR = "results/genies_table"
-#: Output name -> path template (the `{model}` wildcard).
-REPORT_TEMPLATES = {
-    "table_csv": REPORT_DIR + "/{model}.csv",
-    "table_md": REPORT_DIR + "/{model}.md",
-    "shift_matrix_csv": REPORT_DIR + "/{model}.shift_matrix.csv",
-    "shift_matrix_md": REPORT_DIR + "/{model}.shift_matrix.md",
-    "de_heatmap": REPORT_DIR + "/{model}.de_heatmap.png",
-    "generalization_plot": REPORT_DIR + "/{model}.generalization_vs_zero_shot.png",
-    "de_bars": REPORT_DIR + "/{model}.de_bars.png",
-}
 #: Column of the genies_table view -> heading of the Markdown table.
 TABLE_HEADINGS = {
     "intervention": "intervention",

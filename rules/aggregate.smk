@@ -1,4 +1,4 @@
-from genies.report import REPORT_TEMPLATES
+from genies.plan import REPORT_TEMPLATES
 
 
 localrules:

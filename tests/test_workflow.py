@@ -2,7 +2,10 @@
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -205,3 +208,20 @@ def test_editing_scripts_or_package_docstrings_reruns_nothing(workdir, tmp_path)
         path.write_text(text.replace('"""', '"""Edited docstring. ', 1))
     proc = snakemake_with(copy / "Snakefile", workdir, "--dry-run", "genies_table")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_reading_the_snakefile_imports_no_torch_or_plotting():
+    # Every Snakemake invocation (and every cluster job) reads the Snakefile; importing torch
+    # or matplotlib there cost ~1.7 s each time (bench/bench_dag.py). The modules the rules
+    # import are read from the rule files, so a new import is checked too.
+    sources = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
+    imports = re.compile(r"^from (genies\S*) import", re.M)
+    modules = sorted({m for path in sources for m in imports.findall(path.read_text())})
+    assert "genies.plan" in modules
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+        + "".join(f"import {m}; " for m in modules)
+        + "print(sorted({'torch', 'matplotlib', 'pandas', 'transformers'} & set(sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", (modules, proc.stdout)
