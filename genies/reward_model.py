@@ -97,6 +97,15 @@ def preference_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.T
 # --------------------------------------------------------------------------- build / save
 
 
+def _enable_checkpointing(lm) -> None:
+    # transformers 5.24 renamed gradient checkpointing to activation checkpointing (the old
+    # name warns and will go in v6); both recompute activations in the backward pass.
+    if hasattr(lm, "activation_checkpointing_enable"):
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def build_reward_model(model_dir, params: dict, seed: int, device="auto"):
     """Load the base of `model_dir` and wrap it per `params["method"]`; return (model, loaded).
 
@@ -119,7 +128,7 @@ def build_reward_model(model_dir, params: dict, seed: int, device="auto"):
         lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
         _keep_4bit_differentiable(lm)
     if params["gradient_checkpointing"]:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(lm)
     hidden = model_layout(lm)["hidden_size"]
     gen = torch.Generator().manual_seed(seed)
     prompt = None

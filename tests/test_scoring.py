@@ -215,20 +215,14 @@ class _NoKeepWrapper(torch.nn.Module):
         self.inner = inner
         self.config = inner.config
 
-    def forward(
-        self,
-        input_ids,
-        attention_mask=None,
-        position_ids=None,
-        past_key_values=None,
-        use_cache=None,
-    ):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None, **cache):
+        # **cache: the KV cache, under the name the inner model gives it in its output
         return self.inner(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **cache,
         )
 
 
@@ -274,7 +268,8 @@ def _record_calls(model):
             (
                 kwargs["input_ids"].clone(),
                 kwargs["attention_mask"].clone(),
-                kwargs.get("past_key_values") is not None,
+                # the KV cache: `cache` since transformers 5.24, `past_key_values` before
+                any(kwargs.get(name) is not None for name in ("cache", "past_key_values")),
             )
         )
 
