@@ -6,7 +6,9 @@ root, apt): they install Debian's SLURM, start a single-node cluster on 127.0.0.
 GPUs (tests/slurm_cluster.py) and run the tiny-model workflow with `snakemake --profile slurm
 genies_table` from the repository root, next to a local run of the same config. One forward job
 is cancelled with `scancel` while it runs; the profile's retries must resubmit it with more
-memory and time, and the database must still equal the local one.
+memory and time, and the database must still equal the local one. One LoRA training is cancelled
+between two of its checkpoints (as a preemption would stop it); its retry must resume from the
+last checkpoint, not start again, and still train the same reward model as the local run.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ import duckdb
 import pytest
 
 from . import slurm_cluster
-from .fixtures import ALL_INTERVENTIONS, TINY_MODEL, make_genies_folder, workflow_config
+from .fixtures import (
+    ALL_INTERVENTIONS,
+    TINY_MODEL,
+    TRAINED_INTERVENTIONS,
+    make_genies_folder,
+    workflow_config,
+)
 from .workflow import REPO, snakemake_command, write_config
 
 # The rules whose jobs must run on GPU nodes. Add training and GPU evaluation rules here (and
@@ -50,6 +58,9 @@ CLUSTER_ARGS = (
 )
 # Provenance that legitimately differs between two runs of the same job.
 PROVENANCE_COLUMNS = {"seconds", "started_at", "host"}
+# The cluster run's LoRA: on the tiny model, long enough (a few seconds per 20 steps on a
+# loaded 2-core machine) to be caught running between two of its checkpoints.
+SLOW_LORA = {**TRAINED_INTERVENTIONS["lora"], "steps": 300, "checkpoint_every": 20}
 
 
 def site_env(**extra) -> dict:
@@ -187,22 +198,42 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = 900) -> str:
     return text
 
 
-def _cancel_a_running_job(cluster, rule: str, workdir: Path, proc: subprocess.Popen):
-    """scancel the first job of `rule` that is RUNNING with its work started; (id, comment)."""
-    logs = workdir / ".snakemake" / "slurm_logs" / f"rule_{rule}"
-    while proc.poll() is None:
+def _rule_of(comment: str) -> str:
+    return re.match(r"rule_(.+?)(_wildcards_|$)", comment).group(1)
+
+
+def _work_started(workdir: Path, job: dict) -> bool:
+    """The job step has launched the rule's work (the plugin logs the srun call first)."""
+    logs = workdir / ".snakemake" / "slurm_logs" / f"rule_{_rule_of(job['Comment'])}"
+    return any(
+        "The call for this job is: srun" in p.read_text()
+        for p in logs.glob(f"*/{job['JobId']}.log")
+    )
+
+
+def _between_checkpoints(workdir: Path, job: dict) -> bool:
+    """A LoRA training has written a checkpoint (in `<output>.partial/`) and is not done."""
+    for partial in (workdir / "results/tune/tiny/lora").glob("*.partial"):
+        if job["Comment"].endswith("_" + partial.name.removesuffix(".partial")):
+            steps = [int(p.name.removeprefix("step-")) for p in partial.glob("step-*")]
+            return bool(steps) and max(steps) < SLOW_LORA["steps"]
+    return False
+
+
+def _cancel_running_jobs(cluster, workdir: Path, proc: subprocess.Popen, ready: dict) -> dict:
+    """scancel the first RUNNING job of each rule in `ready` once `ready[rule](workdir, job)`
+    holds; rule -> (job id, comment), (None, None) for a rule whose job was never caught."""
+    cancelled = {}
+    while proc.poll() is None and len(cancelled) < len(ready):
         for job in cluster.jobs().values():
-            if job["JobState"] != "RUNNING" or not job["Comment"].startswith(f"rule_{rule}_"):
+            rule = _rule_of(job["Comment"])
+            if rule not in ready or rule in cancelled or job["JobState"] != "RUNNING":
                 continue
-            # The job step has launched the rule's work (the plugin logs the srun call first).
-            started = any(
-                "The call for this job is: srun" in p.read_text()
-                for p in logs.glob(f"*/{job['JobId']}.log")
-            )
-            if started and cluster.run("scancel", job["JobId"], check=False).returncode == 0:
-                return job["JobId"], job["Comment"]
+            if ready[rule](workdir, job):
+                if cluster.run("scancel", job["JobId"], check=False).returncode == 0:
+                    cancelled[rule] = (job["JobId"], job["Comment"])
         time.sleep(0.2)
-    return None, None
+    return {rule: cancelled.get(rule, (None, None)) for rule in ready}
 
 
 def sbatch_calls(log: str) -> list[SimpleNamespace]:
@@ -238,7 +269,9 @@ def cluster_run():
         shift_file = scratch / "one_shift.json"
         shift_file.write_text(json.dumps([{"source": "src_a", "target": "tgt_b"}]))
         data = make_genies_folder(scratch / "genies-data")
-        config = workflow_config(data, shifts=str(shift_file))
+        config = workflow_config(
+            data, shifts=str(shift_file), interventions={"zero_shot": {}, "lora": SLOW_LORA}
+        )
         local_dir, slurm_dir = scratch / "local", scratch / "slurm"
         for workdir in (local_dir, slurm_dir):
             workdir.mkdir()
@@ -251,7 +284,12 @@ def cluster_run():
         local = _start(snakemake_cmd(local_dir, "--cores", "2"), local_log, env)
         first = _start(snakemake_cmd(slurm_dir, *profile_args), first_log, env)
         procs += [local, first]
-        cancelled = _cancel_a_running_job(cluster, "forward", slurm_dir, first)
+        cancelled = _cancel_running_jobs(
+            cluster,
+            slurm_dir,
+            first,
+            {"forward": _work_started, "tune": _between_checkpoints},
+        )
         first_text = _finish(first, first_log)
         first_done = time.monotonic()
         local_text = _finish(local, local_log)
@@ -293,6 +331,11 @@ def print_report(run, **seconds) -> None:
         if call.rule not in seen or call.attempt > 1:
             seen.add(call.rule)
             print(f"  [{call.rule}, attempt {call.attempt}] {call.line.split(' --wrap=')[0]}")
+    for job_id, comment in run.cancelled.values():
+        print(f"scancel {job_id} ({comment})")
+    for info in (run.slurm_dir / "results/tune").glob("*/*/*/reward_model.json"):
+        resumed = json.loads(info.read_text())["resumed_from"]
+        print(f"{info.parent.relative_to(run.slurm_dir)}: resumed from steps {resumed}")
     print("wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
 
 
@@ -300,9 +343,10 @@ def print_report(run, **seconds) -> None:
 def test_gpu_jobs_request_gpus_and_others_do_not(cluster_run):
     calls = [c for c in sbatch_calls(cluster_run.first_log) if c.attempt == 1]
     submitted = {c.rule for c in calls}
-    # The cluster run is zero-shot only (to stay short): its GPU-class jobs are the forward
-    # passes. The dry-run tests above check the resources of every GPU-class rule.
-    assert "forward" in submitted and "materialize" in submitted
+    # The cluster run is zero-shot and LoRA (to stay short): its GPU-class jobs are the
+    # forward passes, trainings and their predictions. The dry-run tests above check the
+    # resources of every GPU-class rule.
+    assert {"forward", "tune", "predict_tuned", "materialize"} <= submitted
     assert not submitted & local_rules()  # aggregation ran on the submit host
     for call in calls:
         options = call.line.split(" --wrap=", 1)[0]
@@ -316,8 +360,7 @@ def test_gpu_jobs_request_gpus_and_others_do_not(cluster_run):
     jobs = cluster_run.jobs_after_first.values()
     assert len(jobs) == len(sbatch_calls(cluster_run.first_log))
     for job in jobs:
-        rule = re.match(r"rule_(.+?)(_wildcards_|$)", job["Comment"]).group(1)
-        if rule in GPU_CLASS:
+        if _rule_of(job["Comment"]) in GPU_CLASS:
             assert job.get("TresPerJob") == "gres:gpu:fake:1", job
             assert job["Partition"] == "gpu", job
         else:
@@ -359,7 +402,7 @@ def test_cluster_result_equals_local_run(cluster_run):
 
 @pytest.mark.slurm
 def test_cancelled_job_is_resubmitted_with_more_resources(cluster_run):
-    job_id, comment = cluster_run.cancelled
+    job_id, comment = cluster_run.cancelled["forward"]
     assert job_id, "no forward job was caught running"
     assert cluster_run.jobs_after_first[job_id]["JobState"] == "CANCELLED"
     assert f"SLURM-job '{job_id}' failed, SLURM status is: 'CANCELLED'" in cluster_run.first_log
@@ -375,3 +418,32 @@ def test_second_invocation_submits_nothing(cluster_run):
     assert "Nothing to be done" in cluster_run.second_log
     assert not sbatch_calls(cluster_run.second_log)
     assert cluster_run.jobs_after_second.keys() == cluster_run.jobs_after_first.keys()
+
+
+@pytest.mark.slurm
+def test_cancelled_training_resumes_from_its_checkpoint(cluster_run):
+    job_id, comment = cluster_run.cancelled["tune"]
+    assert job_id, "no LoRA training was caught running between two checkpoints"
+    assert cluster_run.jobs_after_first[job_id]["JobState"] == "CANCELLED"
+    attempts = [c for c in sbatch_calls(cluster_run.first_log) if c.comment == comment]
+    assert [c.attempt for c in attempts] == [1, 2]
+    tune_dir = next(
+        d
+        for d in (cluster_run.slurm_dir / "results/tune/tiny/lora").iterdir()
+        if comment.endswith("_" + d.name)
+    )
+    info = json.loads((tune_dir / "reward_model.json").read_text())
+    # The retry went on from the cancelled attempt's last checkpoint (a periodic one, or the
+    # one its SIGTERM handler wrote), instead of starting again from step 0.
+    (resumed_step,) = info["resumed_from"]
+    assert 0 < resumed_step < SLOW_LORA["steps"], info["resumed_from"]
+    log = (cluster_run.slurm_dir / f"results/logs/tune/tiny/lora/{tune_dir.name}.log").read_text()
+    assert f"(step {resumed_step} of {SLOW_LORA['steps']})" in log, log[-3000:]
+    assert not tune_dir.with_name(tune_dir.name + ".partial").exists()  # removed after success
+    # Same best step and validation history as the uninterrupted local training (the weights
+    # themselves are compared through the predictions in test_cluster_result_equals_local_run).
+    local_dir = cluster_run.local_dir / "results/tune/tiny/lora" / tune_dir.name
+    local = json.loads((local_dir / "reward_model.json").read_text())
+    assert local["resumed_from"] == []
+    for key in ("best_step", "validation", "train_loss"):
+        assert info[key] == local[key], key
