@@ -23,13 +23,12 @@ parse = start until "Building DAG of jobs...", DAG = until the first "Job stats:
 
     .venv/bin/python bench/bench_dag.py [--repeats 3] [--models 3] [--shifts all]
         [--data-dir /work/shared/genies-data] [--workdir DIR] [--keep] [--no-metadata]
-        [--gc-experiment]
 
-With --gc-experiment each command is also timed with Python's cyclic garbage collector off
-(`gc.disable()`, and `gc.freeze()` at exit), to show what the collector costs.
+The workflow turns Python's cyclic garbage collector off while Snakemake builds the DAG
+(rules/common.smk); to see what the collector would cost, delete those lines in a copy.
 
-A run takes about 5 minutes on 2 cores, 2 of them for the `snakemake --touch` that
---no-metadata skips; --gc-experiment adds about 2 minutes.
+A run takes about 2 minutes on 2 cores, 1 of them for the `snakemake --touch` that
+--no-metadata skips.
 """
 
 from __future__ import annotations
@@ -68,12 +67,6 @@ RESULTS: list[tuple[str, dict]] = []
 # full DAG. Run it with the sleep patched out.
 TOUCH_WITHOUT_SLEEP = (
     "import sys; import snakemake.executors.touch as t; t.Executor.SLEEPING_TIME = 0; "
-    "from snakemake.cli import main; sys.argv[0] = 'snakemake'; main()"
-)
-# --gc-experiment: the same command with Python's cyclic garbage collector off (and the heap
-# frozen at exit, so that interpreter shutdown does not collect it either).
-GC_OFF = (
-    "import atexit, gc, sys; gc.disable(); atexit.register(gc.freeze); "
     "from snakemake.cli import main; sys.argv[0] = 'snakemake'; main()"
 )
 
@@ -222,7 +215,7 @@ def timed(label: str, cmd: list[str], marker: str, repeats: int) -> list[Run]:
     return runs
 
 
-def noop(workdir: Path, repeats: int, cores: str, label: str, python_code=None) -> None:
+def noop(workdir: Path, repeats: int, cores: str, label: str) -> None:
     check = Run(snakemake_cmd(workdir, "--dry-run", "genies_table"), "Nothing to be done")
     if "Nothing to be done" not in check.text:
         stats = job_stats(check.text)
@@ -232,7 +225,7 @@ def noop(workdir: Path, repeats: int, cores: str, label: str, python_code=None) 
         return
     runs = timed(
         label,
-        snakemake_cmd(workdir, "--cores", cores, "genies_table", python_code=python_code),
+        snakemake_cmd(workdir, "--cores", cores, "genies_table"),
         "Nothing to be done",
         repeats,
     )
@@ -255,11 +248,6 @@ def main() -> None:
         action="store_false",
         help="skip the no-op with metadata recorded by `snakemake --touch`",
     )
-    ap.add_argument(
-        "--gc-experiment",
-        action="store_true",
-        help="also time each command with Python's garbage collector disabled",
-    )
     args = ap.parse_args()
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_dag_")).resolve()
@@ -276,13 +264,6 @@ def main() -> None:
         runs = timed(
             "dry run", snakemake_cmd(workdir, "-n", "genies_table"), "Job stats:", args.repeats
         )
-        if args.gc_experiment:
-            timed(
-                "dry run (gc off)",
-                snakemake_cmd(workdir, "-n", "genies_table", python_code=GC_OFF),
-                "Job stats:",
-                args.repeats,
-            )
         text = runs[0].text
         stats = job_stats(text)
         print(f"  jobs in the DAG: {stats['total']}")
@@ -299,8 +280,6 @@ def main() -> None:
             f"in {time.perf_counter() - start:.1f} s"
         )
         noop(workdir, args.repeats, args.cores, "no-op (no metadata)")
-        if args.gc_experiment:
-            noop(workdir, args.repeats, args.cores, "no-op (no meta, gc off)", GC_OFF)
 
         if args.metadata:
             start = time.perf_counter()
@@ -322,8 +301,6 @@ def main() -> None:
                 f"in {time.perf_counter() - start:.1f} s"
             )
             noop(workdir, args.repeats, args.cores, "no-op (with metadata)")
-            if args.gc_experiment:
-                noop(workdir, args.repeats, args.cores, "no-op (metadata, gc off)", GC_OFF)
         print(f"summary (goal: DAG and no-op under 10 s; load avg now {os.getloadavg()}):")
         for label, summary in RESULTS:
             cells = ", ".join(
