@@ -20,7 +20,11 @@ Tokenisation (:func:`tokenize_examples`)
 
 Prefix reuse (:func:`score_tokenized`)
     Each prompt is run through the model once; its ``k`` responses continue from the
-    prompt's KV cache.
+    prompt's KV cache. The tokens that all responses of an example start with (their
+    longest common prefix, leaving each response at least one token) are fed once too,
+    with the prompt: in GENIES ~15% of all tokens (math and code responses often share
+    their first lines). Their log-probabilities are computed once and added to the score
+    of every response of the example. Below, "prompt" means the prompt plus that prefix.
 
     * Batching. Examples are sorted by prompt length (longest first, so an
       out-of-memory error shows up on the first batch) and cut into batches of ``B``
@@ -30,8 +34,10 @@ Prefix reuse (:func:`score_tokenized`)
       (``_restore_order``), as in lm-eval-harness's ``Collator``.
     * Pass 1 (once per batch): left-padded prompts ``[B, Lp]`` with an attention mask
       and explicit ``position_ids = clamp(cumsum(mask) - 1, 0)``, ``use_cache=True``.
-      Only the logits of the last position are computed (``logits_to_keep=1``); they
-      predict the first token of every response of the example.
+      Only the logits of the last ``c + 1`` positions are computed (``logits_to_keep``,
+      ``c`` the longest shared response prefix of the batch); the last predicts the
+      first remaining token of every response of the example, the others the shared
+      prefix.
     * Pass 2: response token ``j >= 1`` is predicted by the logits at response position
       ``j - 1``. The last token of a response predicts nothing we need, so a response
       ``r`` is fed as ``r[:-1]`` (one-token responses need no pass 2 at all). The
@@ -77,7 +83,8 @@ Counters (:class:`ScoreResult`)
     ``tokens_unique`` is the data size, ``sum(len(prompt) + sum(len(response)))``.
     ``tokens_processed`` is the number of positions actually fed to the model, padding
     included. ``tokens_needed`` is what a padding-free prefix-sharing scorer must feed,
-    ``sum(len(prompt) + sum(max(len(response) - 1, 0)))``; ``tokens_processed /
+    ``sum(len(prompt) + c + sum(max(len(response) - c - 1, 0)))`` with ``c`` the shared
+    response prefix of the example; ``tokens_processed /
     tokens_needed`` (:attr:`ScoreResult.padding_overhead`) is 1 exactly when no padding
     was fed. Because each prompt is fed once and the last response token is not fed,
     ``tokens_processed`` may be *below* ``tokens_unique``.
@@ -282,6 +289,18 @@ def _counts(plens: list[int], rlens: list[list[int]]) -> tuple[int, int]:
     return unique, needed
 
 
+def _shared_prefix(responses: Sequence[Sequence[int]]) -> int:
+    """Length of the common start of all responses, leaving each at least one token."""
+    if len(responses) < 2:
+        return 0
+    limit = min(len(r) for r in responses) - 1
+    first = responses[0]
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in responses[1:]):
+        n += 1
+    return n
+
+
 def _resolve_device(model, device) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -421,10 +440,14 @@ def _score_batch(
     pad_id: int,
     keep_ok: bool,
     batch_tokens: int,
+    shared: Sequence[int],
     capture=None,
     first_rows: Sequence[int] | None = None,
 ) -> tuple[list[np.ndarray], int, int]:
     """Score one batch; returns per-example float64 arrays, positions fed, forward calls.
+
+    `prompts` end with the `shared[i]` tokens that all responses of example `i` start with
+    (taken off the responses); their log-probability is added to every response's score.
 
     With `capture` (an `ActivationCapture`), responses are fed whole so that their last
     token is processed, and the activations at that token go to output row
@@ -443,7 +466,8 @@ def _score_batch(
         mask[i, lp - len(p) :] = 1
     mask_t = torch.from_numpy(mask).to(device)
     pos_t = (mask_t.cumsum(-1) - 1).clamp(min=0)
-    kw = {"logits_to_keep": 1} if keep_ok else {}
+    kept = max(shared) + 1  # positions whose logits are needed, the last ones
+    kw = {"logits_to_keep": kept} if keep_ok else {}
     out = model(
         input_ids=torch.from_numpy(ids).to(device),
         attention_mask=mask_t,
@@ -451,7 +475,7 @@ def _score_batch(
         use_cache=True,
         **kw,
     )
-    last = out.logits[:, -1, :]  # [B, V]
+    tail = out.logits[:, -kept:, :]  # [B, kept, V]
     # transformers 5.24 renamed the KV cache `past_key_values` -> `cache` (the old name
     # warns); the output names it the way the model's forward takes it back
     cache_name = "cache" if "cache" in out.keys() else "past_key_values"
@@ -464,6 +488,20 @@ def _score_batch(
     row_ex = np.repeat(np.arange(b), ks)
     rlens = np.array([len(r) for r in flat], dtype=np.int64)
     sums = torch.zeros(len(flat), dtype=torch.float64, device=device)
+    if kept > 1:  # the shared prefix: token j of example i is predicted by tail[i, kept-1-c+j]
+        ex = torch.from_numpy(np.repeat(np.arange(b), shared)).to(device)
+        pos = torch.from_numpy(
+            np.concatenate([np.arange(kept - 1 - c, kept - 1) for c in shared])
+        ).to(device)
+        targets = [t for p, c in zip(prompts, shared, strict=True) if c for t in p[-c:]]
+        lp_shared = _target_logprobs(
+            tail[ex, pos], torch.tensor(targets, dtype=torch.long, device=device)
+        )
+        per_example = torch.zeros(b, dtype=torch.float64, device=device)
+        per_example.index_add_(0, ex, lp_shared.double())
+        sums += per_example[torch.from_numpy(row_ex).to(device)]
+    last = tail[:, -1, :]  # [B, V]
+    del tail
     has = np.nonzero(rlens > 0)[0]
     if len(has):
         first = torch.tensor([flat[j][0] for j in has], dtype=torch.long, device=device)
@@ -573,15 +611,23 @@ def score_tokenized(
     if batch_tokens < 1:
         raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
     plens, rlens = _validate(prompt_ids, response_ids)
-    unique, needed = _counts(plens, rlens)
-    base = _empty_result(rlens, unique, needed)
+    unique, _ = _counts(plens, rlens)
+    # the responses' shared start joins the prompt (module docstring, "Prefix reuse")
+    shared = [_shared_prefix(rs) for rs in response_ids]
+    pairs = zip(prompt_ids, response_ids, shared, strict=True)
+    prompt_ids = [[*p, *rs[0][:c]] if c else p for p, rs, c in pairs]
+    response_ids = [
+        [r[c:] for r in rs] if c else rs for rs, c in zip(response_ids, shared, strict=True)
+    ]
+    ext_plens, ext_rlens = _validate(prompt_ids, response_ids)
+    base = _empty_result(rlens, unique, _counts(ext_plens, ext_rlens)[1])
     dev = _resolve_device(model, device)
     keep_ok = _accepts_logits_to_keep(model)
     _warn_sliding_window(model, plens, rlens)
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)
     pad_id = pad_id if isinstance(pad_id, int) and pad_id >= 0 else 0
 
-    batches = _plan_batches(plens, rlens, batch_tokens)
+    batches = _plan_batches(ext_plens, ext_rlens, batch_tokens)
     total = len(plens)
     done = total - sum(len(b) for b in batches)  # examples without responses
     batch_scores: list[list[np.ndarray]] = []
@@ -596,6 +642,7 @@ def score_tokenized(
                 pad_id,
                 keep_ok,
                 batch_tokens,
+                [shared[i] for i in batch],
                 capture,
                 [int(base["offsets"][i]) for i in batch],
             )

@@ -77,6 +77,31 @@ def test_capture_matches_plain_forward(llama, tmp_path, batch_tokens):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_capture_with_shared_response_starts(llama, tmp_path):
+    # Responses that share their start (fed once, with the prompt): every response's last
+    # token is still captured, including a response that is the start of the others.
+    rng = np.random.default_rng(3)
+    prompts, responses = [], []
+    for shared, tails in ((5, [2, 1, 4]), (3, [0, 3, 1]), (1, [1, 1, 1])):
+        start = rng.integers(3, 300, shared).tolist()
+        prompts.append(rng.integers(3, 300, rng.integers(1, 10)).tolist())
+        responses.append([start + rng.integers(3, 300, n).tolist() for n in tails])
+    path = tmp_path / "acts.safetensors"
+    writer = ActivationWriter(path, activation_tensors(9, model_layout(llama)), {"a": 1})
+    capture = ActivationCapture(llama, writer, n_heads=4)
+    result = score_tokenized(llama, prompts, responses, batch_tokens=64, capture=capture)
+    capture.remove()
+    writer.close()
+    acts = load_activations(path)
+    for ex in range(3):
+        for j in range(3):
+            resid, heads = reference(llama, prompts[ex], responses[ex][j])
+            np.testing.assert_allclose(acts["resid"][ex * 3 + j], resid, atol=2e-2, rtol=1e-2)
+            np.testing.assert_allclose(acts["heads"][ex * 3 + j], heads, atol=2e-2, rtol=1e-2)
+    naive = score_naive(llama, prompts, responses)
+    np.testing.assert_allclose(result.logprob_sum, naive.logprob_sum, atol=1e-4)
+
+
 def test_hooks_only_record_inside_capture(llama, tmp_path):
     prompts, responses = make_data(2, 3, 2)
     writer = ActivationWriter(

@@ -124,6 +124,48 @@ def test_single_token_responses_and_prompts(llama):
     )
 
 
+def shared_start_data(seed):
+    """Examples whose responses share a start: long, one token, a whole response (a response
+    that is the start of the others, or identical responses), and none."""
+    rng = random.Random(seed)
+
+    def toks(n):
+        return [rng.randrange(VOCAB) for _ in range(n)]
+
+    prompts, responses = [], []
+    for shared, tails in (
+        (12, [5, 1, 9, 3]),
+        (1, [4, 6]),
+        (6, [0, 4, 2]),  # the first response is exactly the shared start
+        (7, [3, 3]),
+        (0, [6, 2, 5]),
+        (20, [1, 1, 1]),
+    ):
+        start = toks(shared)
+        prompts.append(toks(rng.randint(1, 15)))
+        responses.append([start + toks(n) for n in tails])
+    tail = toks(5)
+    prompts.append(toks(3))
+    responses.append([list(tail), list(tail)])  # identical responses
+    return prompts, responses
+
+
+@pytest.mark.parametrize("batch_tokens", [1, 40, 4096])
+def test_shared_response_start_is_fed_once(llama, batch_tokens):
+    prompts, responses = shared_start_data(6)
+    fast = score_tokenized(llama, prompts, responses, batch_tokens=batch_tokens)
+    assert_close(fast, score_naive(llama, prompts, responses))
+    if batch_tokens == 4096:  # no padding: exactly what a prefix-sharing scorer must feed
+        # each example: prompt + shared start, then each response's rest minus its last token
+        starts = [12, 1, 5, 7, 0, 20, 4]  # the last response keeps at least one token
+        needed = sum(
+            len(p) + c + sum(len(r) - c - 1 for r in rs)
+            for p, rs, c in zip(prompts, responses, starts, strict=True)
+        )
+        assert fast.tokens_needed == needed
+        assert fast.tokens_needed < fast.tokens_unique - sum(starts)
+
+
 def test_mixed_lengths_within_example(llama):
     rng = random.Random(4)
     prompts = [[rng.randrange(VOCAB) for _ in range(n)] for n in (1, 17, 5, 30)]
