@@ -6,6 +6,9 @@ import json
 import random
 from pathlib import Path
 
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
 WORDS = (
     "apple river stone cloud garden music paper window forest candle silver ocean "
     "bridge letter mountain coffee yellow planet engine summer winter basket"
@@ -122,3 +125,22 @@ def workflow_config(data_dir, **overrides) -> dict:
     }
     config.update(overrides)
     return config
+
+
+def tiny_llama(attn: str = "sdpa", vocab: int = 300):
+    """A seeded random 2-layer Llama (4 heads, 2 KV heads) for scoring and capture tests."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    cfg._attn_implementation = attn
+    return LlamaForCausalLM(cfg).eval()

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from genies.activations import (
     ActivationCapture,
@@ -13,20 +12,12 @@ from genies.activations import (
 from genies.models import model_layout
 from genies.scoring import score_naive, score_tokenized
 
+from .fixtures import tiny_llama
+
 
 @pytest.fixture(scope="module")
 def llama():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama()
 
 
 def make_data(seed, n, k):

@@ -12,8 +12,6 @@ import torch
 from transformers import (
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
 )
@@ -28,26 +26,10 @@ from genies.scoring import (
     tokenize_examples,
 )
 
+from .fixtures import tiny_llama
+
 VOCAB = 300
 ATOL = 1e-4
-
-
-def _llama(attn: str = "sdpa") -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    cfg._attn_implementation = attn
-    return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,8 +42,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def llama() -> LlamaForCausalLM:
-    return _llama()
+def llama():
+    return tiny_llama(vocab=VOCAB)
 
 
 def make_data(seed, n, k, plen=(1, 20), rlen=(1, 15), vocab=VOCAB):
@@ -202,7 +184,7 @@ def test_empty_prompt_rejected(llama):
 
 
 def test_eager_attention_matches(llama):
-    eager = _llama("eager")
+    eager = tiny_llama("eager", vocab=VOCAB)
     prompts, responses = make_data(6, 8, 3)
     fast = score_tokenized(eager, prompts, responses, batch_tokens=50)
     assert_close(fast, score_naive(llama, prompts, responses))
