@@ -50,6 +50,7 @@ UNTRAINED = ("zero_shot", "random")
 PROBE_STIMULUS = {"mms": "plain", "lat1": "plain", "lat2": "lat2", "cra": "yesno", "ccs": "yesno"}
 
 REPORT_DIR = "results/genies_table"
+#: Report output name -> path template (the `{model}` wildcard).
 REPORT_TEMPLATES = {
     "table_csv": REPORT_DIR + "/{model}.csv",
     "table_md": REPORT_DIR + "/{model}.md",
