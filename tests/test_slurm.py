@@ -26,6 +26,8 @@ from types import SimpleNamespace
 import duckdb
 import pytest
 
+from genies.checkpoints import latest_checkpoint
+
 from . import slurm_cluster
 from .fixtures import (
     ALL_INTERVENTIONS,
@@ -215,8 +217,9 @@ def _between_checkpoints(workdir: Path, job: dict) -> bool:
     """A LoRA training has written a checkpoint (in `<output>.partial/`) and is not done."""
     for partial in (workdir / "results/tune/tiny/lora").glob("*.partial"):
         if job["Comment"].endswith("_" + partial.name.removesuffix(".partial")):
-            steps = [int(p.name.removeprefix("step-")) for p in partial.glob("step-*")]
-            return bool(steps) and max(steps) < SLOW_LORA["steps"]
+            checkpoint = latest_checkpoint(partial)
+            step = int(checkpoint.name.removeprefix("step-")) if checkpoint else 0
+            return 0 < step < SLOW_LORA["steps"]
     return False
 
 
