@@ -7,7 +7,7 @@ so that peak RAM is per configuration:
   * the same steps with chosen and rejected in TWO separate forward passes, in the same run;
   * the two variants alternate step by step (same batches), so load on a shared machine
     affects both alike; peak RSS after loading and after all steps.
-Then (`--job`) one complete `train_reward_model` run with `genies.training.CPU_PRESET` on one
+Then (`--job`) one complete `train_reward_model` run with `CPU_PRESET` (below) on one
 dataset (loading, validation and checkpoints included), the unit of the default workflow's
 training jobs.
 
@@ -39,8 +39,19 @@ from genies.reward_model import (
     pad_id_of,
     preference_loss,
 )
-from genies.training import CPU_PRESET, resolve_params, train_reward_model, train_step
+from genies.training import resolve_params, train_reward_model, train_step
 from genies.training_data import choose_pairs
+
+# Few pairs and steps: what a CPU can train in a minute (config/cpu-all.yaml uses similar sizes).
+CPU_PRESET = {
+    "steps": 12,
+    "batch_size": 4,
+    "checkpoint_every": 4,
+    "max_train_examples": 64,
+    "val_fraction": 0.125,
+    "max_length": 512,
+    "eval_batch_size": 8,
+}
 
 CONFIGS = {
     "lora-fp32": {"dtype": "float32"},

@@ -17,9 +17,7 @@ through a memory map as batches finish, so memory is bounded by the batch, not t
 from __future__ import annotations
 
 import json
-import os
 import struct
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -159,7 +157,3 @@ def activation_tensors(n_rows: int, layout: dict) -> dict:
 
 def load_activations(path) -> dict[str, np.ndarray]:
     return load_file(str(path))
-
-
-def activation_bytes(path) -> int:
-    return os.path.getsize(Path(path))

@@ -164,9 +164,9 @@ def load_split(raw: RawData, dataset: str, split: str) -> pa.Table:
     return examples_table(dataset, split, records)
 
 
-def materialize(raw_location, dataset: str, split: str, out_path) -> list[str]:
+def materialise(raw_location, dataset: str, split: str, out_path) -> list[str]:
     """Validate one split and write it as Parquet; return the data-defect warnings."""
-    run = RunRecord("materialize", dataset=dataset, split=split, source=str(raw_location))
+    run = RunRecord("materialise", dataset=dataset, split=split, source=str(raw_location))
     raw = RawData(raw_location)
     table = load_split(raw, dataset, split)
     train = load_split(raw, dataset, "train") if split == "test" else None

@@ -11,7 +11,9 @@ import logging
 from collections.abc import Iterable
 from functools import cached_property
 
+from . import interventions as registry
 from .errors import ConfigError
+from .interventions import BASELINE
 from .raw import RawData, split_path
 from .shifts import Shift, datasets_of, load_shifts
 
@@ -27,27 +29,10 @@ DATABASE = "results/results.duckdb"
 
 SPLITS = ("train", "test")
 STIMULI = ("plain", "lat2", "yesno")
-BASELINE = "zero_shot"
 NO_TRAIN = "none"
 
-# Intervention -> family. The family decides which rules make its predictions.
-INTERVENTIONS = {
-    "zero_shot": "logprob",
-    "random": "random",
-    "few_shot": "few_shot",
-    "mms": "probe",
-    "lat1": "probe",
-    "lat2": "probe",
-    "cra": "probe",
-    "ccs": "probe",
-    "lora": "tuned",
-    "prompt_tuning": "tuned",
-}
 # Interventions whose predictions do not depend on a training dataset (train = none).
-UNTRAINED = ("zero_shot", "random")
-# Probe intervention -> the forward stimulus whose activations it reads. It decides which
-# forward jobs a fit needs, so it lives here, where the Snakefile can read it without torch.
-PROBE_STIMULUS = {"mms": "plain", "lat1": "plain", "lat2": "lat2", "cra": "yesno", "ccs": "yesno"}
+UNTRAINED = registry.untrained()
 
 REPORT_DIR = "results/genies_table"
 #: Report output name -> path template (the `{model}` wildcard).
@@ -151,7 +136,7 @@ class Plan:
         return list(self.config["interventions"])
 
     def of_family(self, family: str) -> list[str]:
-        return [i for i in self.interventions if INTERVENTIONS[i] == family]
+        return registry.of_family(family, self.interventions)
 
     def train_eval_pairs(self, intervention: str) -> list[tuple[str, str]]:
         """(train, eval) pairs a cell needs from `intervention`, in a stable order.
@@ -208,8 +193,8 @@ class Plan:
                     ]
                 elif i == "few_shot":
                     files += [FEW_SHOT_SCORES.format(model=m, train=t, eval=e) for t, e in pairs]
-                elif INTERVENTIONS[i] == "probe":
-                    st = PROBE_STIMULUS[i]
+                elif registry.get(i).family == "probe":
+                    st = registry.get(i).stimulus
                     files += [
                         FORWARD.format(model=m, stimulus=st, dataset=t, split="train")
                         for t, _ in pairs

@@ -69,10 +69,10 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from . import ccs as ccs_probe
+from . import interventions as registry
 from .calibration import calibrated_probability, fit_logistic, fit_pair_calibration
 from .data import read_examples
 from .io import RunRecord, atomic_path, write_json, write_parquet
-from .plan import PROBE_STIMULUS
 from .predictions import expand_pairs, predictions_table
 from .seeds import derive_seed
 
@@ -86,16 +86,10 @@ class Method:
     rule: str  # "mean_difference" or "ccs"
 
 
-_UNIT_AND_RULE = {
-    "mms": ("heads", "mean_difference"),
-    "lat1": ("resid", "mean_difference"),
-    "lat2": ("resid", "mean_difference"),
-    "cra": ("heads", "mean_difference"),
-    "ccs": ("resid", "ccs"),
-}
 METHODS = {
-    name: Method(tensor, PROBE_STIMULUS[name], rule)
-    for name, (tensor, rule) in _UNIT_AND_RULE.items()
+    name: Method(entry.unit, entry.stimulus, entry.rule)
+    for name, entry in registry.REGISTRY.items()
+    if entry.family == "probe"
 }
 CONTRAST = ("yes", "no")  # the readings of a yesno row pair, in row order
 
@@ -117,7 +111,11 @@ def method_params(method: str, params: Mapping | None = None) -> dict:
     """The method's parameters: defaults overridden by `params`; unknown names are errors."""
     if method not in METHODS:
         raise ValueError(f"unknown probe method {method!r}; expected one of {sorted(METHODS)}")
-    out = {**COMMON_DEFAULTS, **RULE_DEFAULTS[METHODS[method].rule]}
+    out = {
+        **COMMON_DEFAULTS,
+        **RULE_DEFAULTS[METHODS[method].rule],
+        **registry.get(method).defaults,
+    }
     unknown = sorted(set(params or {}) - set(out))
     if unknown:
         raise ValueError(f"{method}: unknown parameters {unknown}; known: {sorted(out)}")

@@ -37,6 +37,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from . import interventions as registry
 from .data import read_examples
 from .errors import GeniesError
 from .io import RunRecord, write_parquet
@@ -47,7 +48,7 @@ from .scoring import pair_probabilities, tokenize_examples
 
 log = logging.getLogger(__name__)
 
-METHODS = ("lora", "prompt_tuning")
+METHODS = tuple(registry.of_family("tuned"))
 PROMPT_INITS = ("vocab", "random")
 WEIGHTS_FILE = "reward_model.safetensors"
 INFO_FILE = "reward_model.json"

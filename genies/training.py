@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import interventions as registry
 from .checkpoints import (
     BEST_FILE,
     latest_checkpoint,
@@ -105,20 +106,6 @@ DEFAULT_PARAMS = {
     "device": "auto",
     "log_every_s": 10.0,
 }
-METHOD_DEFAULTS = {"lora": {}, "prompt_tuning": {"lr": 0.0052}}
-# Per-model learning rates of the published runs that differ from the method default.
-PAPER_MODEL_LR = {"openllama-3b": {"lora": 7.2e-5}}
-PAPER_PRESET = {"quantization": "nf4"}
-# A suggestion for the embedded CPU default (few pairs and steps; see bench/bench_training.py).
-CPU_PRESET = {
-    "steps": 12,
-    "batch_size": 4,
-    "checkpoint_every": 4,
-    "max_train_examples": 64,
-    "val_fraction": 0.125,
-    "max_length": 512,
-    "eval_batch_size": 8,
-}
 # What a checkpoint's state.json holds besides the optimizer's param groups.
 FRESH_STATE = {
     "step": 0,
@@ -148,7 +135,7 @@ def resolve_params(method: str, params: dict | None = None) -> dict:
         raise RewardModelError(
             f"unknown training params {unknown}; allowed: {', '.join(sorted(DEFAULT_PARAMS))}"
         )
-    resolved = {**DEFAULT_PARAMS, **METHOD_DEFAULTS[method], **params, "method": method}
+    resolved = {**DEFAULT_PARAMS, **registry.get(method).defaults, **params, "method": method}
     for key in ("steps", "batch_size", "checkpoint_every", "eval_batch_size", "micro_batch_size"):
         value = resolved[key]
         if not (isinstance(value, int) and value >= 1) and not (

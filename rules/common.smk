@@ -19,7 +19,8 @@ atexit.register(gc.freeze)
 sys.path.insert(0, workflow.basedir)
 
 from genies.config import check_semantics
-from genies.plan import INTERVENTIONS, PROBE_STIMULUS, Plan
+from genies import interventions as registry
+from genies.plan import Plan
 
 validate(config, schema="../schemas/config.schema.yaml")
 check_semantics(config)
@@ -37,7 +38,7 @@ wildcard_constraints:
     model=_alternatives(config["models"]),
     split="train|test",
     stimulus="plain|lat2|yesno",
-    intervention=_alternatives(INTERVENTIONS),
+    intervention=_alternatives(registry.REGISTRY),
     shift=_alternatives(s.shift_id for s in plan.shifts),
 
 
@@ -47,7 +48,7 @@ TUNED = plan.of_family("tuned")
 
 
 def probe_stimulus(wildcards):
-    return PROBE_STIMULUS[wildcards.intervention]
+    return registry.get(wildcards.intervention).stimulus
 
 
 def tune_params(wildcards):

@@ -1,11 +1,11 @@
-rule materialize:
+rule materialise:
     input:
         lambda w: plan.raw_input(w.dataset, w.split),
         lambda w: plan.raw_input(w.dataset, "train"),
     output:
         "results/data/{dataset}/{split}.parquet",
     log:
-        "results/logs/materialize/{dataset}/{split}.log",
+        "results/logs/materialise/{dataset}/{split}.log",
     conda:
         ENV
     resources:
@@ -15,7 +15,7 @@ rule materialize:
     params:
         source=config["data_dir"],
     script:
-        "../workflow_scripts/materialize.py"
+        "../workflow_scripts/materialise.py"
 
 
 rule shift_registry:

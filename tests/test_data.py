@@ -5,7 +5,7 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
-from genies.data import materialize
+from genies.data import materialise
 from genies.errors import DataError
 from genies.io import read_provenance
 from genies.raw import RawData
@@ -18,9 +18,9 @@ def folder(tmp_path):
     return make_genies_folder(tmp_path / "genies")
 
 
-def test_materialize_roundtrip(folder, tmp_path):
+def test_materialise_roundtrip(folder, tmp_path):
     out = tmp_path / "out" / "tgt_b" / "test.parquet"
-    materialize(folder, "tgt_b", "test", out)
+    materialise(folder, "tgt_b", "test", out)
     table = pq.read_table(out)
     raw = json.loads((folder / "distributions/tgt_b/test.json").read_text())
     assert table.num_rows == len(raw)
@@ -45,8 +45,8 @@ def test_archive_equals_folder(folder, tmp_path):
     with tarfile.open(tar_path, "w") as tar:
         tar.add(folder, arcname="genies-datasets")
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
-    materialize(folder, "src_a", "train", a)
-    materialize(tar_path, "src_a", "train", b)
+    materialise(folder, "src_a", "train", a)
+    materialise(tar_path, "src_a", "train", b)
     assert pq.read_table(a).equals(pq.read_table(b))
     assert RawData(tar_path).datasets() == RawData(folder).datasets()
 
@@ -101,7 +101,7 @@ def test_bad_input_names_file_record_field(folder, tmp_path, records, record, fi
     path = _write(folder, records)
     out = tmp_path / "out" / "bad.parquet"
     with pytest.raises(DataError) as err:
-        materialize(folder, "bad", "train", out)
+        materialise(folder, "bad", "train", out)
     text = str(err.value)
     assert str(path) in text and message in text
     assert err.value.record == record and err.value.field == field
@@ -116,7 +116,7 @@ def test_bad_test_split_also_checked(folder, tmp_path):
     del records[0]["prompt"]
     _write(folder, records, split="test")
     with pytest.raises(DataError, match="test.json, record 0, field 'prompt'"):
-        materialize(folder, "bad", "test", tmp_path / "x.parquet")
+        materialise(folder, "bad", "test", tmp_path / "x.parquet")
 
 
 def test_defect_warnings(folder, tmp_path, caplog):
@@ -130,10 +130,10 @@ def test_defect_warnings(folder, tmp_path, caplog):
     (d / "train.json").write_text(json.dumps(same))
     (d / "test.json").write_text(json.dumps(test))
     with caplog.at_level(logging.WARNING):
-        w_train = materialize(folder, "defects", "train", tmp_path / "tr.parquet")
+        w_train = materialise(folder, "defects", "train", tmp_path / "tr.parquet")
     assert w_train == ["all 4 prompts are the same string"]
     (d / "train.json").write_text(json.dumps(train))
-    w_test = materialize(folder, "defects", "test", tmp_path / "te.parquet")
+    w_test = materialise(folder, "defects", "test", tmp_path / "te.parquet")
     assert "1 duplicate examples (identical prompt and responses)" in w_test
     assert "2 examples also appear in train (train/test overlap)" in w_test
     assert "data defect in defects/train" in caplog.text

@@ -2,7 +2,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from genies.activations import load_activations
-from genies.data import materialize
+from genies.data import materialise
 from genies.forward import run_forward
 from genies.models import prepare_model
 from genies.stimuli import CONTRAST_QUESTION, stimulus_units
@@ -14,7 +14,7 @@ from .fixtures import make_genies_folder
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("forward")
     data = make_genies_folder(root / "genies")
-    materialize(data, "tgt_b", "test", root / "tgt_b.parquet")  # 6 examples, k = 3
+    materialise(data, "tgt_b", "test", root / "tgt_b.parquet")  # 6 examples, k = 3
     prepare_model({"source": "tiny", "seed": 0}, root / "tiny")
     return root
 

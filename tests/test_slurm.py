@@ -349,7 +349,7 @@ def test_gpu_jobs_request_gpus_and_others_do_not(cluster_run):
     # The cluster run is zero-shot and LoRA (to stay short): its GPU-class jobs are the
     # forward passes, trainings and their predictions. The dry-run tests above check the
     # resources of every GPU-class rule.
-    assert {"forward", "tune", "predict_tuned", "materialize"} <= submitted
+    assert {"forward", "tune", "predict_tuned", "materialise"} <= submitted
     assert not submitted & local_rules()  # aggregation ran on the submit host
     for call in calls:
         options = call.line.split(" --wrap=", 1)[0]

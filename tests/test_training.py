@@ -390,7 +390,6 @@ def test_params_presets_and_validation():
     assert (lora["lora_r"], lora["lora_alpha"], lora["lora_dropout"]) == (64, 16, 0.1)
     pt = resolve_params("prompt_tuning")
     assert pt["lr"] == 0.0052 and pt["num_virtual_tokens"] == 10
-    assert training.PAPER_MODEL_LR["openllama-3b"]["lora"] == 7.2e-5
     with pytest.raises(RewardModelError, match="unknown training params"):
         resolve_params("lora", {"stpes": 3})
     with pytest.raises(RewardModelError, match="unknown method"):

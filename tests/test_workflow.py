@@ -52,7 +52,7 @@ def test_database_has_zero_shot_results(workdir):
     shifts = query(workdir, "select source, target, target_reference, label from shifts")
     assert ("src_a", "tgt_c", "ref_d", "probing") in shifts
     runs = query(workdir, "select job, count(*) from runs group by job order by job")
-    assert runs == [("forward", 4), ("materialize", 8), ("predict", 4)]
+    assert runs == [("forward", 4), ("materialise", 8), ("predict", 4)]
     (versions,) = query(workdir, "select packages from runs where job = 'forward' limit 1")[0]
     assert json.loads(versions)["torch"]
     warnings = query(workdir, "select count(*) from datasets")
@@ -94,7 +94,7 @@ def test_editing_one_dataset_reruns_only_its_jobs(workdir):
     path.write_text(json.dumps(make_examples(5, 3, 99)))
     jobs = planned_jobs(workdir)
     assert jobs == Counter(
-        materialize=1,
+        materialise=1,
         forward=1,
         predict_zero_shot=1,
         aggregate=1,
@@ -118,7 +118,7 @@ def test_bad_data_fails_the_job_and_leaves_nothing(workdir):
     path.write_text(json.dumps(records))
     proc = snakemake(workdir, "genies_table", check=False)
     assert proc.returncode != 0
-    log = (workdir / "results/logs/materialize/tgt_c/test.log").read_text()
+    log = (workdir / "results/logs/materialise/tgt_c/test.log").read_text()
     assert "test.json, record 2, field 'responses': required field is missing" in log
     assert not (workdir / "results/data/tgt_c/test.parquet").exists()
     # The previous database stays readable and whole.

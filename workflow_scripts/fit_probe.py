@@ -3,15 +3,15 @@
 from genies.jobs import log_file_of, setup_logging
 from genies.probes import run_fit
 
-setup_logging(log_file_of(snakemake))  # noqa: F821
+setup_logging(log_file_of(snakemake))
 run_fit(
-    snakemake.wildcards.intervention,  # noqa: F821
-    snakemake.wildcards.train,  # noqa: F821
-    snakemake.input.data,  # noqa: F821
-    snakemake.input.activations,  # noqa: F821
-    snakemake.input.scores,  # noqa: F821
-    (snakemake.output.tensors, snakemake.output.info),  # noqa: F821
-    params=snakemake.params.params,  # noqa: F821
-    seed=snakemake.params.seed,  # noqa: F821
-    limit=snakemake.params.limit,  # noqa: F821
+    snakemake.wildcards.intervention,
+    snakemake.wildcards.train,
+    snakemake.input.data,
+    snakemake.input.activations,
+    snakemake.input.scores,
+    (snakemake.output.tensors, snakemake.output.info),
+    params=snakemake.params.params,
+    seed=snakemake.params.seed,
+    limit=snakemake.params.limit,
 )

@@ -3,19 +3,19 @@
 from genies.forward import run_forward
 from genies.jobs import log_file_of, setup_logging
 
-setup_logging(log_file_of(snakemake))  # noqa: F821
+setup_logging(log_file_of(snakemake))
 run_forward(
-    data_file=snakemake.input.data,  # noqa: F821
-    model_dir=snakemake.input.model,  # noqa: F821
-    out_path=snakemake.output.scores,  # noqa: F821
-    activations_path=snakemake.output.activations,  # noqa: F821
-    model_name=snakemake.wildcards.model,  # noqa: F821
-    dataset=snakemake.wildcards.dataset,  # noqa: F821
-    split=snakemake.wildcards.split,  # noqa: F821
-    stimulus=snakemake.wildcards.stimulus,  # noqa: F821
-    limit=snakemake.params.limit,  # noqa: F821
-    batch_tokens=snakemake.params.batch_tokens,  # noqa: F821
-    device=snakemake.params.device,  # noqa: F821
-    dtype=snakemake.params.dtype,  # noqa: F821
-    threads=snakemake.threads,  # noqa: F821
+    data_file=snakemake.input.data,
+    model_dir=snakemake.input.model,
+    out_path=snakemake.output.scores,
+    activations_path=snakemake.output.activations,
+    model_name=snakemake.wildcards.model,
+    dataset=snakemake.wildcards.dataset,
+    split=snakemake.wildcards.split,
+    stimulus=snakemake.wildcards.stimulus,
+    limit=snakemake.params.limit,
+    batch_tokens=snakemake.params.batch_tokens,
+    device=snakemake.params.device,
+    dtype=snakemake.params.dtype,
+    threads=snakemake.threads,
 )

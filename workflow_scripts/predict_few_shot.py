@@ -4,27 +4,27 @@ from genies.forward import run_forward
 from genies.jobs import log_file_of, setup_logging
 from genies.zero_shot import write_zero_shot_predictions
 
-setup_logging(log_file_of(snakemake))  # noqa: F821
-w = snakemake.wildcards  # noqa: F821
+setup_logging(log_file_of(snakemake))
+w = snakemake.wildcards
 run_forward(
-    data_file=snakemake.input.data,  # noqa: F821
-    model_dir=snakemake.input.model,  # noqa: F821
-    out_path=snakemake.output.scores,  # noqa: F821
+    data_file=snakemake.input.data,
+    model_dir=snakemake.input.model,
+    out_path=snakemake.output.scores,
     model_name=w.model,
     dataset=w.eval,
     split="test",
-    batch_tokens=snakemake.params.batch_tokens,  # noqa: F821
-    device=snakemake.params.device,  # noqa: F821
-    dtype=snakemake.params.dtype,  # noqa: F821
-    threads=snakemake.threads,  # noqa: F821
+    batch_tokens=snakemake.params.batch_tokens,
+    device=snakemake.params.device,
+    dtype=snakemake.params.dtype,
+    threads=snakemake.threads,
 )
 write_zero_shot_predictions(
-    data_file=snakemake.input.data,  # noqa: F821
-    forward_file=snakemake.output.scores,  # noqa: F821
-    out_path=snakemake.output.predictions,  # noqa: F821
+    data_file=snakemake.input.data,
+    forward_file=snakemake.output.scores,
+    out_path=snakemake.output.predictions,
     model=w.model,
     eval_dataset=w.eval,
-    normalisation=snakemake.params.normalisation,  # noqa: F821
+    normalisation=snakemake.params.normalisation,
     intervention="few_shot",
     train=w.train,
 )

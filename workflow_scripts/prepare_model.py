@@ -3,5 +3,5 @@
 from genies.jobs import log_file_of, setup_logging
 from genies.models import prepare_model
 
-setup_logging(log_file_of(snakemake))  # noqa: F821
-prepare_model(dict(snakemake.params.spec), snakemake.output[0])  # noqa: F821
+setup_logging(log_file_of(snakemake))
+prepare_model(dict(snakemake.params.spec), snakemake.output[0])

@@ -3,9 +3,9 @@
 from genies.jobs import log_file_of, setup_logging
 from genies.report import write_reports
 
-setup_logging(log_file_of(snakemake))  # noqa: F821
+setup_logging(log_file_of(snakemake))
 write_reports(
-    snakemake.input[0],  # noqa: F821
-    snakemake.wildcards.model,  # noqa: F821
-    dict(snakemake.output.items()),  # noqa: F821
+    snakemake.input[0],
+    snakemake.wildcards.model,
+    dict(snakemake.output.items()),
 )

@@ -1,0 +1,12 @@
+"""Snakemake entry point: validate one raw split and write it as Parquet."""
+
+from genies.data import materialise
+from genies.jobs import log_file_of, setup_logging
+
+setup_logging(log_file_of(snakemake))
+materialise(
+    snakemake.params.source,
+    snakemake.wildcards.dataset,
+    snakemake.wildcards.split,
+    snakemake.output[0],
+)
