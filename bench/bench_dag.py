@@ -24,8 +24,17 @@ parse = start until "Building DAG of jobs...", DAG = until the first "Job stats:
     .venv/bin/python bench/bench_dag.py [--repeats 3] [--models 3] [--shifts all]
         [--data-dir /work/shared/genies-data] [--workdir DIR] [--keep] [--no-metadata]
 
-The workflow turns Python's cyclic garbage collector off while Snakemake builds the DAG
-(rules/common.smk); to see what the collector would cost, delete those lines in a copy.
+The workflow raises the thresholds of Python's cyclic garbage collector while Snakemake
+builds the DAG and freezes it at exit (rules/common.smk); to see what the collector would
+cost at its default thresholds, delete those lines in a copy.
+
+`--loads` instead counts the model loads per model (the jobs of rules that ask for a GPU) at
+the paper preset (config/paper.yaml's interventions, every example) for GENIES-15 and for all
+56 shifts, with this checkout's Snakefile and with an earlier revision's (`--before`, default
+the last commit before one job per (model, dataset) loaded the model for every split and
+stimulus), from dry runs only:
+
+    .venv/bin/python bench/bench_dag.py --loads [--before a7569f7]
 
 A run takes about 2 minutes on 2 cores, 1 of them for the `snakemake --touch` that
 --no-metadata skips.
@@ -233,6 +242,62 @@ def noop(workdir: Path, repeats: int, cores: str, label: str) -> None:
     print(f"  every run said 'Nothing to be done': {ok}")
 
 
+# The last revision before forward jobs per (model, dataset), few-shot scoring per eval dataset
+# and trainings that predict: one load per (stimulus, dataset, split), (source, eval) and
+# (adapter, eval).
+BEFORE = "a7569f7"
+
+
+def paper_config(workdir: Path, data_dir: str, shifts: str) -> None:
+    """The paper preset's interventions and caps on one `tiny` model (nothing is run)."""
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    config = {
+        "data_dir": data_dir,
+        "shifts": shifts,
+        "models": {"tiny": {"source": "tiny"}},
+        "run_models": ["tiny"],
+        "interventions": paper["interventions"],
+        "capability_interventions": paper["capability_interventions"],
+        "caps": {"train_examples": None, "test_examples": None},
+    }
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def gpu_jobs(snakefile: Path, workdir: Path) -> Counter:
+    """Rule -> number of jobs that ask for a GPU (each loads the model), from a dry run."""
+    cmd = [sys.executable, "-m", "snakemake", "-n", "genies_table", "--snakefile", str(snakefile)]
+    cmd += ["--directory", str(workdir), "--configfile", str(workdir / "config.yaml")]
+    text = Run(cmd, "Job stats:").text
+    loads = Counter()
+    for block in re.split(r"^(?:localrule|rule) ", text, flags=re.M)[1:]:
+        resources = re.search(r"^\s+resources: (.+)$", block, flags=re.M)
+        if resources and re.search(r"\bgpu=[1-9]", resources.group(1)):
+            loads[block.split(":", 1)[0]] += 1
+    return loads
+
+
+def model_loads(data_dir: str, before: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench_loads_") as tmp:
+        old = Path(tmp) / "before"
+        old.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", before], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        print(f"model loads per model at the paper preset (jobs of GPU rules; before = {before})")
+        for shifts in ("genies", "all"):
+            counts = {}
+            for label, snakefile in (("before", old / "Snakefile"), ("now", REPO / "Snakefile")):
+                workdir = Path(tmp) / f"{label}-{shifts}"
+                workdir.mkdir()
+                paper_config(workdir, data_dir, shifts)
+                counts[label] = gpu_jobs(snakefile, workdir)
+            b, n = (sum(c.values()) for c in (counts["before"], counts["now"]))
+            print(f"  shifts={shifts}: {b} -> {n} loads ({b / n:.1f}x fewer)")
+            for label, c in counts.items():
+                print(f"    {label:<6}: " + ", ".join(f"{r} {k}" for r, k in sorted(c.items())))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data-dir", default="/work/shared/genies-data")
@@ -248,7 +313,11 @@ def main() -> None:
         action="store_false",
         help="skip the no-op with metadata recorded by `snakemake --touch`",
     )
+    ap.add_argument("--loads", action="store_true", help="count model loads, before and now")
+    ap.add_argument("--before", default=BEFORE, help="the earlier revision of --loads")
     args = ap.parse_args()
+    if args.loads:
+        return model_loads(str(Path(args.data_dir).resolve()), args.before)
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_dag_")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,19 @@
 """Last-token activations captured during the forward pass, streamed to safetensors.
 
-Two kinds of activation are recorded for every scored text (one row per response, in the
+Two kinds of activation can be recorded for every scored text (one row per response, in the
 caller's example-major order), at the text's last token:
 
-* `resid`: the residual stream entering each decoder layer (`hidden_states[i]` of a
-  transformers model, i = 0 .. n_layers-1: index 0 is the embedding output), shape
-  [rows, n_layers, hidden];
+* `resid`: the residual stream entering decoder layers (`hidden_states[i]` of a transformers
+  model, i = 0 .. n_layers-1: index 0 is the embedding output), shape [rows, n_layers, hidden]
+  (or a subset of the layers, e.g. the one CCS reads);
 * `heads`: the per-head attention output before `o_proj` (the input of `o_proj`, split into
   heads), shape [rows, n_layers, n_heads, head_dim].
 
 Forward pre-hooks sit on just the modules needed (each decoder layer and each `o_proj`); no
 layer's full hidden states are kept. Rows are written into a pre-sized safetensors file
-through a memory map as batches finish, so memory is bounded by the batch, not the dataset.
+through a memory map as batches finish, so memory is bounded by the batch, not the dataset;
+the file is written in node-local scratch space ($TMPDIR) and copied into place when complete.
+One file may hold several tensors (the forward job names them "<split>/<stimulus>/<kind>").
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class ActivationWriter:
             header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
-        self._atomic = atomic_path(path)
+        self._atomic = atomic_path(path, scratch=True)
         self._tmp = self._atomic.__enter__()
         with open(self._tmp, "wb") as f:
             f.write(struct.pack("<Q", len(raw)))
@@ -103,29 +105,48 @@ class ActivationWriter:
 
 
 class ActivationCapture:
-    """Hooks that copy last-token activations of selected rows into an ActivationWriter."""
+    """Hooks that copy last-token activations of selected rows into writer arrays.
 
-    def __init__(self, model, writer: ActivationWriter, n_heads: int):
-        self.writer = writer
+    Hooks sit on every decoder layer (`resid`) and every `o_proj` (`heads`); which of them
+    record, and into which array, is set per scoring pass with `target`, so one model load
+    serves several stimuli and splits. A `resid` target may hold a subset of the layers.
+    """
+
+    def __init__(self, model, n_heads: int):
         self.n_heads = n_heads
         self._rows = None
         self._pos = None
+        self._targets: dict[str, tuple[np.ndarray, dict[int, int]]] = {}
         self._handles = []
         for i, layer in enumerate(decoder_layers(model)):
             self._handles.append(layer.register_forward_pre_hook(self._hook("resid", i)))
             proj = _head_projection(layer)
             self._handles.append(proj.register_forward_pre_hook(self._hook("heads", i)))
 
+    def target(self, heads=None, resid=None, resid_layers=None) -> None:
+        """Arrays the next passes write into: heads [rows, layers, heads, dim] (all layers),
+        resid [rows, len(resid_layers), hidden] (`resid_layers` None: all layers)."""
+        self._targets = {}
+        if heads is not None:
+            self._targets["heads"] = (heads, {i: i for i in range(heads.shape[1])})
+        if resid is not None:
+            layers = range(resid.shape[1]) if resid_layers is None else resid_layers
+            self._targets["resid"] = (resid, {layer: j for j, layer in enumerate(layers)})
+
     def _hook(self, name: str, layer: int):
         def hook(module, args, kwargs=None):
-            if self._pos is None:
+            if self._pos is None or name not in self._targets:
+                return
+            array, columns = self._targets[name]
+            if layer not in columns:
                 return
             x = args[0] if args else kwargs["hidden_states"]
-            picked = x[torch.arange(x.shape[0], device=x.device), self._pos]
+            # with a device map the layers live on different devices: follow the tensor
+            picked = x[torch.arange(x.shape[0], device=x.device), self._pos.to(x.device)]
             picked = picked.to(torch.float16).cpu().numpy()
             if name == "heads":
                 picked = picked.reshape(picked.shape[0], self.n_heads, -1)
-            self.writer.arrays[name][self._rows, layer] = picked
+            array[self._rows, columns[layer]] = picked
 
         return hook
 
@@ -146,13 +167,16 @@ class ActivationCapture:
         self._handles = []
 
 
-def activation_tensors(n_rows: int, layout: dict) -> dict:
+def activation_shapes(n_rows: int, layout: dict, heads: bool, resid_layers) -> dict:
+    """Tensor shapes of one (split, stimulus): `resid_layers` "all", a list, or None (none)."""
     layers, hidden = layout["num_layers"], layout["hidden_size"]
-    heads, head_dim = layout["num_heads"], layout["head_dim"]
-    return {
-        "resid": ((n_rows, layers, hidden), np.float16),
-        "heads": ((n_rows, layers, heads, head_dim), np.float16),
-    }
+    shapes = {}
+    if heads:
+        shapes["heads"] = ((n_rows, layers, layout["num_heads"], layout["head_dim"]), np.float16)
+    if resid_layers is not None:
+        n = layers if resid_layers == "all" else len(resid_layers)
+        shapes["resid"] = ((n_rows, n, hidden), np.float16)
+    return shapes
 
 
 def load_activations(path) -> dict[str, np.ndarray]:

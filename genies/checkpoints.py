@@ -10,6 +10,10 @@ base model) and at most one complete checkpoint ``step-NNNNNN/``:
 - ``state.json``: step, data position, training-loss and validation histories, best step,
   accumulated seconds, the optimizer's param groups (and any non-tensor optimizer state).
 
+When the run finishes, its last checkpoint keeps only ``best.safetensors`` and a state marked
+``finished``: the training job's rerun (e.g. because a dataset it only predicts changed)
+then loads those weights and trains nothing.
+
 A checkpoint is written into ``.tmp-step-NNNNNN-<pid>/`` and renamed into place, so a killed
 job leaves either the old or the new checkpoint, never a half-written one; the rename is the
 commit point, and older checkpoints are deleted only after it. A work directory whose
@@ -90,12 +94,33 @@ def save_checkpoint(work_dir, model, optimizer, state: dict, is_best: bool) -> P
 
 
 def load_checkpoint(path, model, optimizer) -> dict:
-    """Restore trainable tensors and optimizer from checkpoint `path`; return its state."""
+    """Restore trainable tensors and optimizer from checkpoint `path`; return its state.
+
+    A finished run's checkpoint (`finish_work_dir`) holds only the selected weights: they
+    are loaded and the optimizer is left alone (nothing is left to train)."""
     path = Path(path)
     state = json.loads((path / STATE_FILE).read_text())
+    meta = state.pop("optimizer")
+    if state.get("finished"):
+        load_trainable(model, load_file(path / BEST_FILE))
+        return state
     load_trainable(model, load_file(path / TRAINABLE_FILE))
-    load_optimizer(optimizer, load_file(path / OPTIMIZER_FILE), state.pop("optimizer"))
+    load_optimizer(optimizer, load_file(path / OPTIMIZER_FILE), meta)
     return state
+
+
+def finish_work_dir(work_dir) -> Path:
+    """Mark the last checkpoint finished and drop what only resuming needs (the last step's
+    weights and the optimizer state); returns the selected weights file, which stays so a
+    rerun with the same fingerprint reuses it instead of training again."""
+    last = latest_checkpoint(work_dir)
+    state = json.loads((last / STATE_FILE).read_text())
+    if not state.get("finished"):
+        state["finished"] = True
+        write_json(state, last / STATE_FILE)
+        for name in (TRAINABLE_FILE, OPTIMIZER_FILE):
+            (last / name).unlink(missing_ok=True)
+    return last / BEST_FILE
 
 
 def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:

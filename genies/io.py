@@ -51,6 +51,14 @@ def atomic_dir(out_dir):
         remove_path(tmp)
 
 
+def link_or_copy(src, dst) -> None:
+    """Hard-link `src` to `dst` (no second copy of large weights), or copy across devices."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def remove_path(path) -> None:
     path = Path(path)
     if path.is_symlink() or path.is_file():
@@ -60,17 +68,33 @@ def remove_path(path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to `path`; rename it onto `path` only on success."""
+def atomic_path(path, scratch: bool = False):
+    """Yield a temporary path next to `path`; rename it onto `path` only on success.
+
+    With `scratch`, the temporary file is written in node-local space ($TMPDIR, when set)
+    and copied next to `path` only when complete: large files written piecemeal (memory-mapped
+    activations) then never stream to shared storage.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    local = scratch_dir() if scratch else None
+    work = local / f"genies-{os.getpid()}-{path.name}" if local else tmp
     try:
-        yield tmp
+        yield work
+        if work != tmp:
+            shutil.copyfile(work, tmp)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in {tmp, work}:
+            if leftover.exists():
+                leftover.unlink()
+
+
+def scratch_dir() -> Path | None:
+    """Node-local temporary space: $TMPDIR when it is set and exists (SLURM sets it per job)."""
+    value = os.environ.get("TMPDIR")
+    return Path(value) if value and Path(value).is_dir() else None
 
 
 def write_parquet(table: pa.Table, path, metadata: dict | None = None) -> None:

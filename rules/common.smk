@@ -1,8 +1,11 @@
 import atexit
 import gc
+import math
+import os
 import re
 import sys
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 # Snakemake keeps a graph of Python objects per job for the whole run (5,685 jobs for every
@@ -18,17 +21,40 @@ atexit.register(gc.freeze)
 # so conda environments and cluster jobs need no install of it either.
 sys.path.insert(0, workflow.basedir)
 
-from genies.config import check_semantics
+from genies import cluster
 from genies import interventions as registry
-from genies.plan import Plan
+from genies.config import check_semantics
+from genies.gpus import config_gpus
+from genies.download import missing_data_message
+from genies.plan import (
+    ADAPTER,
+    DATA,
+    DATABASE,
+    DOWNLOADED_DATA,
+    FEW_SHOT_PROMPTS,
+    FEW_SHOT_SCORES,
+    FIT_INFO,
+    FIT_TENSORS,
+    FORWARD_ACTIVATIONS,
+    FORWARD_SCORES,
+    MODEL_DIR,
+    PREDICTION,
+    SHIFTS,
+    SPLITS,
+    TUNED_PREDICTIONS,
+    Plan,
+)
 
 validate(config, schema="../schemas/config.schema.yaml")
 check_semantics(config)
 plan = Plan(config)
+if plan.data_missing:  # said first: without the data, only download_data can run
+    logger.warning(missing_data_message(config["data_dir"], config["data_url"]))
 
 
 def _alternatives(names):
-    return "|".join(re.escape(n) for n in names)
+    # No names (the data is missing) matches nothing: Snakemake ignores an empty constraint.
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 wildcard_constraints:
@@ -37,18 +63,16 @@ wildcard_constraints:
     train=f"none|{_alternatives(plan.available_datasets)}",
     model=_alternatives(config["models"]),
     split="train|test",
-    stimulus="plain|lat2|yesno",
-    intervention=_alternatives(registry.REGISTRY),
+    intervention=_alternatives({**registry.REGISTRY, **plan.entries}),
     shift=_alternatives(s.shift_id for s in plan.shifts),
 
 
+GPU_MODEL_ENV = "GENIES_SLURM_GPU_MODEL"  # the GPU type of models that do not name one
 ENV = "../envs/genies.yaml"
 PROBES = plan.of_family("probe")
 TUNED = plan.of_family("tuned")
-
-
-def probe_stimulus(wildcards):
-    return registry.get(wildcards.intervention).stimulus
+# The scoring settings a forward pass depends on (normalisation only matters to predictions).
+SCORING = {k: config["scoring"][k] for k in ("batch_tokens", "device", "dtype")}
 
 
 def tune_params(wildcards):
@@ -58,28 +82,22 @@ def tune_params(wildcards):
         "device": config["scoring"]["device"],
         "dtype": config["scoring"]["dtype"],
     }
-    return {**defaults, **config["interventions"][wildcards.intervention]}
-
-
-import math
+    return {**defaults, **plan.params(wildcards.intervention)}
 
 
 # Cluster resources (used by the SLURM profile; a local run ignores them unless --resources
-# limits one). Each figure is multiplied by the attempt (1, 2, 3 with the profile's retries),
-# so a job killed for memory or wall time comes back with more. mem_mb is in MB, runtime in
-# minutes; per_billion scales with the model's registry `params_b` (1 when not given).
-def model_params_b(model):
-    return float(config["models"][model].get("params_b", 1))
-
-
+# limits one). mem_mb is in MB, runtime in minutes; each grows with the attempt (1, 2, 3 with
+# the profile's retries), so a job killed for memory or wall time comes back with more.
 def by_attempt(base):
     return lambda wildcards, attempt: base * attempt
 
 
 def by_model_size(base, per_billion):
+    """base + per_billion x the model's registry `params_b` (1 when not given), x attempt."""
+
     def value(wildcards, attempt):
-        size = model_params_b(wildcards.model)
-        return math.ceil((base + per_billion * size) * attempt)
+        size = float(config["models"][wildcards.model].get("params_b", 1))
+        return math.ceil(base + per_billion * size) * attempt
 
     return value
 
@@ -89,7 +107,51 @@ def job_threads(wildcards, threads):
     return threads
 
 
+MODEL_JOB_MINUTES = {
+    "forward": (30, 10),
+    "score_few_shot": (20, 12),
+    "tune": (30, 15),
+    "score_reward_model": (20, 10),
+}
+
+
+def gpu_job_resources(job):
+    """GPUs (count and type per model), host memory and run time of a model job.
+
+    `attempt` reaches the job too: after a GPU out-of-memory failure the retry plans smaller
+    batches (genies.memory)."""
+    on_gpu = config["scoring"]["device"] != "cpu"
+
+    def spec(wildcards):
+        return config["models"][wildcards.model]
+
+    def quantization(wildcards):  # a QLoRA training holds its base in 4 bits
+        if job != "tune":
+            return None
+        return plan.params(wildcards.intervention).get("quantization")
+
+    resources = {
+        "gpu": lambda w: config_gpus(config, w.model, quantization=quantization(w)),
+        "cpus_per_gpu": job_threads,
+        "mem_mb": lambda w, attempt: cluster.host_mem_mb(
+            spec(w), on_gpu, attempt, config["scoring"]["dtype"]
+        ),
+        "runtime": by_model_size(*MODEL_JOB_MINUTES[job]),
+        "attempt": lambda w, attempt: attempt,
+    }
+    if os.environ.get(GPU_MODEL_ENV) or any(
+        m.get("gpu_model") for m in config["models"].values()
+    ):
+        # an empty type (a model without one) makes the SLURM plugin ask for any GPU
+        resources["gpu_model"] = lambda w: spec(w).get("gpu_model") or os.environ.get(
+            GPU_MODEL_ENV, ""
+        )
+    return resources
+
+
 def prepare_model_mem_mb(wildcards, attempt):
     # A linked local model is only validated; the other sources load the whole model once.
-    loads_weights = not config["models"][wildcards.model].get("link", False)
-    return by_model_size(2000, 3000 if loads_weights else 0)(wildcards, attempt)
+    spec = config["models"][wildcards.model]
+    if spec.get("link", False):
+        return by_attempt(2000)(wildcards, attempt)
+    return cluster.host_mem_mb(spec, on_gpu=False, attempt=attempt, dtype="float32")

@@ -3,26 +3,27 @@
 
 rule fit_probe:
     input:
-        data="results/data/{train}/train.parquet",
-        scores=lambda w: f"results/forward/{w.model}/{probe_stimulus(w)}/{w.train}/train.parquet",
-        activations=lambda w: (
-            f"results/forward/{w.model}/{probe_stimulus(w)}/{w.train}/train.safetensors"
-        ),
+        data=lambda w: DATA.format(dataset=w.train, split="train"),
+        scores=lambda w: FORWARD_SCORES.format(model=w.model, dataset=w.train),
+        activations=lambda w: FORWARD_ACTIVATIONS.format(model=w.model, dataset=w.train),
     output:
-        tensors="results/fit/{model}/{intervention}/{train}.safetensors",
-        info="results/fit/{model}/{intervention}/{train}.json",
+        tensors=FIT_TENSORS,
+        info=FIT_INFO,
     log:
         "results/logs/fit/{model}/{intervention}/{train}.log",
     wildcard_constraints:
         intervention=_alternatives(PROBES or ["-"]),
     conda:
         ENV
+    # Units are fitted in parallel chunks; the activations are memory-mapped (a 30B fit peaks
+    # at about 2.5 GB, mostly the mapped file; bench/bench_probes.py --30b).
+    threads: min(config["threads"], 4)
     resources:
-        cpus_per_task=1,
-        mem_mb=by_model_size(2000, 500),
+        cpus_per_task=job_threads,
+        mem_mb=by_model_size(2000, 100),
         runtime=by_attempt(30),
     params:
-        params=lambda w: config["interventions"][w.intervention],
+        params=lambda w: plan.params(w.intervention),
         seed=config["seed"],
         limit=plan.cap("train"),
     script:
@@ -31,15 +32,13 @@ rule fit_probe:
 
 rule predict_probe:
     input:
-        data="results/data/{eval}/test.parquet",
-        scores=lambda w: f"results/forward/{w.model}/{probe_stimulus(w)}/{w.eval}/test.parquet",
-        activations=lambda w: (
-            f"results/forward/{w.model}/{probe_stimulus(w)}/{w.eval}/test.safetensors"
-        ),
-        tensors="results/fit/{model}/{intervention}/{train}.safetensors",
-        info="results/fit/{model}/{intervention}/{train}.json",
+        data=lambda w: DATA.format(dataset=w.eval, split="test"),
+        scores=lambda w: FORWARD_SCORES.format(model=w.model, dataset=w.eval),
+        activations=lambda w: FORWARD_ACTIVATIONS.format(model=w.model, dataset=w.eval),
+        tensors=FIT_TENSORS,
+        info=FIT_INFO,
     output:
-        "results/predictions/{model}/{intervention}/{train}/{eval}.parquet",
+        PREDICTION,
     log:
         "results/logs/predict/{model}/{intervention}/{train}/{eval}.log",
     wildcard_constraints:
@@ -48,7 +47,7 @@ rule predict_probe:
         ENV
     resources:
         cpus_per_task=1,
-        mem_mb=by_model_size(2000, 500),
+        mem_mb=by_model_size(2000, 100),
         runtime=by_attempt(10),
     params:
         limit=plan.cap("test"),

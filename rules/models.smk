@@ -1,6 +1,6 @@
 rule prepare_model:
     output:
-        directory("resources/models/{model}"),
+        directory(MODEL_DIR),
     log:
         "results/logs/prepare_model/{model}.log",
     conda:

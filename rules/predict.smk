@@ -1,11 +1,17 @@
+# Predictions that need no model: they read the forward and few-shot scores (CPU jobs).
+
+
 rule predict_zero_shot:
     input:
-        data="results/data/{eval}/test.parquet",
-        forward="results/forward/{model}/plain/{eval}/test.parquet",
+        data=lambda w: DATA.format(dataset=w.eval, split="test"),
+        forward=lambda w: FORWARD_SCORES.format(model=w.model, dataset=w.eval),
     output:
-        "results/predictions/{model}/zero_shot/none/{eval}.parquet",
+        PREDICTION,
     log:
-        "results/logs/predict/{model}/zero_shot/none/{eval}.log",
+        "results/logs/predict/{model}/{intervention}/{train}/{eval}.log",
+    wildcard_constraints:
+        intervention="zero_shot",
+        train="none",
     conda:
         ENV
     resources:
@@ -20,11 +26,14 @@ rule predict_zero_shot:
 
 rule predict_random:
     input:
-        data="results/data/{eval}/test.parquet",
+        data=lambda w: DATA.format(dataset=w.eval, split="test"),
     output:
-        "results/predictions/{model}/random/none/{eval}.parquet",
+        PREDICTION,
     log:
-        "results/logs/predict/{model}/random/none/{eval}.log",
+        "results/logs/predict/{model}/{intervention}/{train}/{eval}.log",
+    wildcard_constraints:
+        intervention="random",
+        train="none",
     conda:
         ENV
     resources:
@@ -40,10 +49,10 @@ rule predict_random:
 
 rule few_shot_prompts:
     input:
-        eval="results/data/{eval}/test.parquet",
-        source="results/data/{train}/train.parquet",
+        eval=lambda w: DATA.format(dataset=w.eval, split="test"),
+        source=lambda w: DATA.format(dataset=w.train, split="train"),
     output:
-        "results/few_shot_prompts/{train}/{eval}.parquet",
+        FEW_SHOT_PROMPTS,
     log:
         "results/logs/few_shot_prompts/{train}/{eval}.log",
     conda:
@@ -53,7 +62,7 @@ rule few_shot_prompts:
         mem_mb=by_attempt(1000),
         runtime=by_attempt(5),
     params:
-        n_shots=lambda w: config["interventions"]["few_shot"].get("n_shots", 5),
+        n_shots=lambda w: plan.params("few_shot")["n_shots"],
         seed=config["seed"],
         eval_limit=plan.cap("test"),
         source_limit=plan.cap("train"),
@@ -63,25 +72,21 @@ rule few_shot_prompts:
 
 rule predict_few_shot:
     input:
-        data="results/few_shot_prompts/{train}/{eval}.parquet",
-        model="resources/models/{model}",
+        prompts=FEW_SHOT_PROMPTS,
+        scores=FEW_SHOT_SCORES,
     output:
-        scores="results/few_shot_scores/{model}/{train}/{eval}.parquet",
-        predictions="results/predictions/{model}/few_shot/{train}/{eval}.parquet",
+        PREDICTION,
     log:
-        "results/logs/predict/{model}/few_shot/{train}/{eval}.log",
+        "results/logs/predict/{model}/{intervention}/{train}/{eval}.log",
+    wildcard_constraints:
+        intervention="few_shot",
     conda:
         ENV
-    threads: config["threads"]
     resources:
-        gpu=1,
-        cpus_per_gpu=job_threads,
-        mem_mb=by_model_size(4000, 2500),
-        runtime=by_model_size(20, 12),
+        cpus_per_task=job_threads,
+        mem_mb=by_attempt(2000),
+        runtime=by_attempt(10),
     params:
-        batch_tokens=config["scoring"]["batch_tokens"],
-        device=config["scoring"]["device"],
-        dtype=config["scoring"]["dtype"],
         normalisation=config["scoring"]["normalisation"],
     script:
         "../workflow_scripts/predict_few_shot.py"

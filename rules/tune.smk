@@ -1,13 +1,21 @@
-# Trained reward models (LoRA / QLoRA, prompt tuning). One training per (model, method,
-# dataset): a shift's source and a target reference train the same job.
+# Trained reward models (LoRA / QLoRA, prompt tuning). One job per (model, method, dataset)
+# trains, then predicts every dataset the reward model is evaluated on with the same loaded
+# model. A shift's source and a target reference train the same job. When only an evaluated
+# dataset changed, the rerun finds the finished training in its work directory (same
+# fingerprint) and only predicts.
 
 
 rule tune:
     input:
-        data="results/data/{train}/train.parquet",
-        model="resources/models/{model}",
+        data=lambda w: DATA.format(dataset=w.train, split="train"),
+        evals=lambda w: [
+            DATA.format(dataset=e, split="test")
+            for e in plan.tuned_evals(w.intervention, w.train)
+        ],
+        model=MODEL_DIR,
     output:
-        directory("results/tune/{model}/{intervention}/{train}"),
+        adapter=directory(ADAPTER),
+        predictions=TUNED_PREDICTIONS,
     log:
         "results/logs/tune/{model}/{intervention}/{train}.log",
     benchmark:
@@ -18,38 +26,12 @@ rule tune:
         ENV
     threads: config["threads"]
     resources:
-        gpu=1,
-        cpus_per_gpu=job_threads,
-        mem_mb=by_model_size(6000, 4000),
-        runtime=by_model_size(30, 10),
+        **gpu_job_resources("tune"),
     params:
         params=tune_params,
         seed=config["seed"],
+        evals=lambda w: plan.tuned_evals(w.intervention, w.train),
+        limit=plan.cap("test"),
+        context_policy=config["context_policy"],
     script:
         "../workflow_scripts/tune.py"
-
-
-rule predict_tuned:
-    input:
-        data="results/data/{eval}/test.parquet",
-        model="resources/models/{model}",
-        adapter="results/tune/{model}/{intervention}/{train}",
-    output:
-        "results/predictions/{model}/{intervention}/{train}/{eval}.parquet",
-    log:
-        "results/logs/predict/{model}/{intervention}/{train}/{eval}.log",
-    wildcard_constraints:
-        intervention=_alternatives(TUNED or ["-"]),
-    conda:
-        ENV
-    threads: config["threads"]
-    resources:
-        gpu=1,
-        cpus_per_gpu=job_threads,
-        mem_mb=by_model_size(4000, 2500),
-        runtime=by_model_size(20, 6),
-    params:
-        limit=plan.cap("test"),
-        device=config["scoring"]["device"],
-    script:
-        "../workflow_scripts/predict_tuned.py"

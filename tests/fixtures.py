@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import struct
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -144,3 +146,69 @@ def tiny_llama(attn: str = "sdpa", vocab: int = 300):
     )
     cfg._attn_implementation = attn
     return LlamaForCausalLM(cfg).eval()
+
+
+LLAMA_SHAPES = {  # layers, hidden, intermediate, vocab of the LLaMA-1 checkpoints
+    "7b": (32, 4096, 11008, 32000),
+    "30b": (60, 6656, 17920, 32000),
+}
+
+
+def fake_llama_dir(root: Path, size: str, shards: int = 2) -> Path:
+    """A local model directory whose safetensors files have a LLaMA checkpoint's headers and
+    sizes but no data (sparse files: nothing is written to disk), for resource planning."""
+    layers, hidden, inter, vocab = LLAMA_SHAPES[size]
+    tensors = {"model.embed_tokens.weight": [vocab, hidden], "lm_head.weight": [vocab, hidden]}
+    tensors["model.norm.weight"] = [hidden]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            tensors[f"{p}self_attn.{name}.weight"] = [hidden, hidden]
+        for name, shape in (("gate_proj", [inter, hidden]), ("up_proj", [inter, hidden])):
+            tensors[f"{p}mlp.{name}.weight"] = shape
+        tensors[f"{p}mlp.down_proj.weight"] = [hidden, inter]
+        tensors[f"{p}input_layernorm.weight"] = [hidden]
+        tensors[f"{p}post_attention_layernorm.weight"] = [hidden]
+    root.mkdir(parents=True, exist_ok=True)
+    names = list(tensors)
+    per_shard = -(-len(names) // shards)
+    for s in range(shards):
+        header, offset = {}, 0
+        for name in names[s * per_shard : (s + 1) * per_shard]:
+            size_bytes = 2 * int(np.prod(tensors[name]))
+            header[name] = {"dtype": "F16", "shape": tensors[name],
+                            "data_offsets": [offset, offset + size_bytes]}  # fmt: skip
+            offset += size_bytes
+        raw = json.dumps(header).encode()
+        path = root / f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            f.truncate(8 + len(raw) + offset)
+    (root / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": hidden}))
+    return root
+
+
+def tiny_reward_model_dir(root: Path, seed: int = 3, chat_template: bool = False) -> Path:
+    """A local Hugging Face directory holding a tiny random LlamaForSequenceClassification
+    with one label (safetensors) and the tiny tokenizer, which adds BOS like Llama's; with
+    `chat_template`, the tokenizer has `genies.tiny_model.TINY_CHAT_TEMPLATE`."""
+    from tokenizers import processors
+    from transformers import LlamaForSequenceClassification
+
+    from genies.tiny_model import TINY_CHAT_TEMPLATE, tiny_config, tiny_params, train_tiny_tokenizer
+
+    tokenizer = train_tiny_tokenizer()
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
+    if chat_template:
+        tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    config = tiny_config(tiny_params({"seed": seed}), tokenizer)
+    config.num_labels = 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForSequenceClassification(config)
+    root = Path(root)
+    model.save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root

@@ -2,9 +2,10 @@
 
 The unmarked tests read the resources of every planned job from dry runs, with and without
 `--profile slurm` (no cluster needed). The tests marked `slurm` are opt-in (GENIES_SLURM_TEST=1,
-root, apt): they install Debian's SLURM, start a single-node cluster on 127.0.0.1 with two fake
-GPUs (tests/slurm_cluster.py) and run the tiny-model workflow with `snakemake --profile slurm
-genies_table` from the repository root, next to a local run of the same config. One forward job
+root, apt; once asked for, a machine that cannot run them fails them): they install Debian's
+SLURM, start a single-node cluster on 127.0.0.1 with two fake GPUs (tests/slurm_cluster.py)
+and run the tiny-model workflow with `snakemake --profile slurm genies_table` from the
+repository root, next to a local run of the same config. One forward job
 is cancelled with `scancel` while it runs; the profile's retries must resubmit it with more
 memory and time, and the database must still equal the local one. One LoRA training is cancelled
 between two of its checkpoints (as a preemption would stop it); its retry must resume from the
@@ -33,6 +34,7 @@ from .fixtures import (
     ALL_INTERVENTIONS,
     TINY_MODEL,
     TRAINED_INTERVENTIONS,
+    fake_llama_dir,
     make_genies_folder,
     workflow_config,
 )
@@ -40,7 +42,7 @@ from .workflow import REPO, snakemake_command, write_config
 
 # The rules whose jobs must run on GPU nodes. Add training and GPU evaluation rules here (and
 # to the GPU list in profiles/slurm/config.yaml) when they are written.
-GPU_CLASS = {"forward", "predict_few_shot", "tune", "predict_tuned"}
+GPU_CLASS = {"forward", "score_few_shot", "tune", "score_reward_model"}
 # What the profile reads from the environment, as a site would set it; the test cluster has a
 # `cpu` (default) and a `gpu` partition and GPUs of type `fake`.
 SITE_ENV = {
@@ -87,9 +89,13 @@ def _key_values(block: str, field: str) -> dict:
     return dict(item.split("=", 1) for item in line.group(1).split(", ")) if line else {}
 
 
-def planned_jobs(workdir: Path, env: dict, profile: bool = True) -> list[SimpleNamespace]:
-    """Rule, wildcards and resources of every job a dry run (with `--profile slurm`) plans."""
-    cmd = snakemake_cmd(workdir, *(["--profile", "slurm"] if profile else []), "--dry-run")
+def planned_jobs(
+    workdir: Path, env: dict, profile: bool = True, attempt: int = 1
+) -> list[SimpleNamespace]:
+    """Rule, wildcards and resources of every job a dry run (with `--profile slurm`) plans,
+    as the `attempt`-th try of each job would ask for them."""
+    args = [*(["--profile", "slurm"] if profile else []), "--attempt", str(attempt)]
+    cmd = snakemake_cmd(workdir, *args, "--dry-run")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
@@ -112,11 +118,14 @@ def dry_workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm-dry")
     data = make_genies_folder(root / "genies-data")
     models = {"small": {**TINY_MODEL, "params_b": 1}, "large": {**TINY_MODEL, "params_b": 10}}
+    # a reward model of one's own (never loaded by a dry run): its scoring jobs are GPU jobs
+    models["rm"] = {"source": "local", "path": str(fake_llama_dir(root / "rm", "7b"))}
+    own = {"my_rm": {"kind": "reward_model", "model": "rm", "base": "small"}}
     config = workflow_config(
         data,
         models=models,
         run_models=["small", "large"],
-        interventions=ALL_INTERVENTIONS,
+        interventions={**ALL_INTERVENTIONS, **own},
     )
     write_config(root, config)
     return root
@@ -174,14 +183,63 @@ def test_model_jobs_scale_with_the_registry_size(dry_workdir):
         assert large[0] > small[0] and large[1] > small[1], (rule, small, large)
 
 
+def test_slurm_runs_print_the_log_of_a_failed_job(dry_workdir):
+    """show-failed-logs is set in the workflow profile (profiles/default), which Snakemake
+    loads under --profile slurm too; the SLURM profile must not turn it off."""
+    cmd = snakemake_command(
+        dry_workdir, "--profile", "slurm", "--dry-run", targets=["results/shifts.parquet"]
+    )
+    proc = subprocess.run(cmd, cwd=REPO, env=site_env(), capture_output=True, text=True)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    assert "Using profiles slurm and workflow specific profile profiles/default" in text, text
+    profiles = REPO / "profiles"
+    assert "\nshow-failed-logs: true\n" in (profiles / "default/config.yaml").read_text()
+    assert "show-failed-logs:" not in (profiles / "slurm/config.yaml").read_text()
+
+
 # --------------------------------------------------------------------------------------------
 # The real cluster (opt-in)
 
 
-def _cluster_skip_reason() -> str | None:
+def require_cluster() -> None:
+    """Skip unless GENIES_SLURM_TEST=1 asks for the cluster; once asked, a machine that
+    cannot run it is a failure, never a silent skip (CI sets the variable)."""
     if os.environ.get("GENIES_SLURM_TEST") != "1":
-        return "set GENIES_SLURM_TEST=1 to run the workflow on a local SLURM cluster"
-    return slurm_cluster.unavailable_reason()
+        pytest.skip("set GENIES_SLURM_TEST=1 to run the workflow on a local SLURM cluster")
+    reason = slurm_cluster.unavailable_reason()
+    if reason:
+        pytest.fail(
+            f"GENIES_SLURM_TEST=1 asks for the local SLURM cluster, but it cannot run here: "
+            f"{reason}. Run the tests as root on a Debian-like machine without a SLURM "
+            "configuration of its own (e.g. a container), or unset GENIES_SLURM_TEST.",
+            pytrace=False,
+        )
+
+
+@pytest.mark.parametrize(
+    "variable,reason,outcome",
+    [
+        (None, None, pytest.skip.Exception),
+        ("0", "needs root", pytest.skip.Exception),
+        (
+            "1",
+            "needs root (installs Debian packages and runs slurmd as root)",
+            pytest.fail.Exception,
+        ),
+        ("1", "/etc/slurm/slurm.conf exists", pytest.fail.Exception),
+    ],
+)
+def test_asking_for_the_cluster_where_it_cannot_run_fails(monkeypatch, variable, reason, outcome):
+    if variable is None:
+        monkeypatch.delenv("GENIES_SLURM_TEST", raising=False)
+    else:
+        monkeypatch.setenv("GENIES_SLURM_TEST", variable)
+    monkeypatch.setattr(slurm_cluster, "unavailable_reason", lambda: reason)
+    with pytest.raises(outcome) as err:
+        require_cluster()
+    if outcome is pytest.fail.Exception:
+        assert reason in str(err.value) and "unset GENIES_SLURM_TEST" in str(err.value)
 
 
 def _start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
@@ -256,9 +314,7 @@ def _option(line: str, pattern: str) -> int:
 
 @pytest.fixture(scope="module")
 def cluster_run():
-    reason = _cluster_skip_reason()
-    if reason:
-        pytest.skip(reason)
+    require_cluster()
     began = time.monotonic()
     slurm_cluster.install()
     installed = time.monotonic()
@@ -349,7 +405,7 @@ def test_gpu_jobs_request_gpus_and_others_do_not(cluster_run):
     # The cluster run is zero-shot and LoRA (to stay short): its GPU-class jobs are the
     # forward passes, trainings and their predictions. The dry-run tests above check the
     # resources of every GPU-class rule.
-    assert {"forward", "tune", "predict_tuned", "materialise"} <= submitted
+    assert {"forward", "tune", "materialise"} <= submitted
     assert not submitted & local_rules()  # aggregation ran on the submit host
     for call in calls:
         options = call.line.split(" --wrap=", 1)[0]
@@ -442,7 +498,9 @@ def test_cancelled_training_resumes_from_its_checkpoint(cluster_run):
     assert 0 < resumed_step < SLOW_LORA["steps"], info["resumed_from"]
     log = (cluster_run.slurm_dir / f"results/logs/tune/tiny/lora/{tune_dir.name}.log").read_text()
     assert f"(step {resumed_step} of {SLOW_LORA['steps']})" in log, log[-3000:]
-    assert not tune_dir.with_name(tune_dir.name + ".partial").exists()  # removed after success
+    # after success the work dir keeps only the selected weights (a rerun reuses them)
+    work = tune_dir.with_name(tune_dir.name + ".partial")
+    assert json.loads((latest_checkpoint(work) / "state.json").read_text())["finished"]
     # Same best step and validation history as the uninterrupted local training (the weights
     # themselves are compared through the predictions in test_cluster_result_equals_local_run).
     local_dir = cluster_run.local_dir / "results/tune/tiny/lora" / tune_dir.name
@@ -450,3 +508,55 @@ def test_cancelled_training_resumes_from_its_checkpoint(cluster_run):
     assert local["resumed_from"] == []
     for key in ("best_step", "validation", "train_loss"):
         assert info[key] == local[key], key
+
+
+def test_gpu_jobs_ask_for_what_the_model_needs(tmp_path):
+    """GPU count and type per model, host memory for what a GPU job holds on the host (the
+    runtime and one weight shard), not a multiple of the weight size."""
+    data = make_genies_folder(tmp_path / "genies-data")
+    models = {
+        "llama-7b": {"source": "local", "link": True, "params_b": 7, "gpu_model": "a100",
+                     "path": str(fake_llama_dir(tmp_path / "llama-7b", "7b", shards=2))},
+        "llama-30b": {"source": "local", "link": True, "params_b": 30, "gpus": 2,
+                      "path": str(fake_llama_dir(tmp_path / "llama-30b", "30b", shards=7))},
+    }  # fmt: skip
+    config = workflow_config(data, models=models, run_models=list(models))
+    config["scoring"]["device"] = "cuda"
+    config["interventions"] = {"zero_shot": {}, "lora": TRAINED_INTERVENTIONS["lora"]}
+    config["capability_interventions"] = ["lora"]
+    write_config(tmp_path, config)
+    seen = {}
+    for job in planned_jobs(tmp_path, site_env()):
+        if job.rule in GPU_CLASS:
+            res = job.resources
+            seen[(job.rule, job.wildcards["model"])] = (
+                res["gpu"],
+                res["gpu_model"],
+                int(res["mem_mb"]),
+            )
+    for rule in ("forward", "tune"):
+        gpus, gpu_model, mem_7b = seen[(rule, "llama-7b")]
+        assert (gpus, gpu_model) == ("1", "a100")  # the registry's type beats the site's
+        gpus, gpu_model, mem_30b = seen[(rule, "llama-30b")]
+        assert (gpus, gpu_model) == ("2", "fake")  # the site's type, the registry's count
+        # 6 GB of runtime + 1.25 x the largest shard (7.0 and 9.7 GB): far below the 13.5
+        # and 65 GB of bf16 weights, which live on the GPUs
+        assert (mem_7b, mem_30b) == (14346, 17538), (rule, mem_7b, mem_30b)
+
+
+def test_a_retry_asks_for_more_memory_and_time_and_tells_the_job(dry_workdir):
+    """Every submitted job's mem_mb and runtime grow with the attempt (the profile's retries
+    resubmit failed jobs); model jobs also get the attempt itself, for smaller batches."""
+    by_attempt = {}
+    for attempt in (1, 2, 3):
+        for job in planned_jobs(dry_workdir, site_env(), attempt=attempt):
+            if job.rule not in local_rules():
+                key = (job.rule, tuple(sorted(job.wildcards.items())))
+                by_attempt.setdefault(key, []).append(job.resources)
+    assert by_attempt
+    for (rule, _), (first, second, third) in by_attempt.items():
+        for name in ("mem_mb", "runtime"):
+            base = int(first[name])
+            assert (int(second[name]), int(third[name])) == (2 * base, 3 * base), (rule, name)
+        if rule in GPU_CLASS:
+            assert [r["attempt"] for r in (first, second, third)] == ["1", "2", "3"], rule

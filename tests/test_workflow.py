@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from genies.io import read_provenance
+from genies.zero_shot import read_scores
 
 from .fixtures import GENIES_SHIFTS, make_examples, make_genies_folder, workflow_config
 from .workflow import REPO, planned_jobs, planned_outputs, snakemake, snakemake_with, write_config
@@ -61,15 +62,17 @@ def test_database_has_zero_shot_results(workdir):
 
 def test_predictions_match_forward_scores(workdir):
     preds = pq.read_table(workdir / "results/predictions/tiny/zero_shot/none/tgt_b.parquet")
-    fwd = pq.read_table(workdir / "results/forward/tiny/plain/tgt_b/test.parquet").to_pylist()
+    fwd = read_scores(workdir / "results/forward/tiny/tgt_b.parquet", stimulus="plain").to_pylist()
     score = {(r["example_id"], r["response_index"]): r["logprob_sum"] for r in fwd}
     for row in preds.to_pylist():
         s_pref = score[(row["example_id"], row["preferred_response"])]
         s_disp = score[(row["example_id"], row["dispreferred_response"])]
         assert row["correct"] == (s_pref > s_disp)
         assert (row["prob_preferred"] > 0.5) == (s_pref > s_disp)
-    prov = read_provenance(workdir / "results/forward/tiny/plain/tgt_b/test.parquet")
-    assert prov["tokens_processed"] >= prov["tokens_unique"] > 0
+    prov = read_provenance(workdir / "results/forward/tiny/tgt_b.parquet")
+    # zero-shot alone needs only the test split's plain log-probs, and no activations
+    assert list(prov["passes"]) == ["test/plain"]
+    assert prov["passes"]["test/plain"]["tokens_unique"] > 0
     assert prov["device"] == "cpu" and prov["seconds"] >= 0
 
 
@@ -81,7 +84,7 @@ def test_deleting_one_prediction_rebuilds_only_it(workdir):
     target = "results/predictions/tiny/zero_shot/none/tgt_c.parquet"
     os.remove(workdir / target)
     assert planned_jobs(workdir) == Counter(
-        predict_zero_shot=1, aggregate=1, report_tables=1, genies_table=1
+        predict_zero_shot=1, aggregate=1, report_tables=1, viewer=1, genies_table=1
     )
     assert target in planned_outputs(workdir)
     snakemake(workdir, "genies_table")
@@ -99,11 +102,12 @@ def test_editing_one_dataset_reruns_only_its_jobs(workdir):
         predict_zero_shot=1,
         aggregate=1,
         report_tables=1,
+        viewer=1,
         genies_table=1,
     )
     outputs = planned_outputs(workdir)
     assert "results/data/tgt_b/test.parquet" in outputs
-    assert "results/forward/tiny/plain/tgt_b/test.parquet" in outputs
+    assert "results/forward/tiny/tgt_b.parquet" in outputs
     snakemake(workdir, "genies_table")
     rows = query(workdir, "select pairs from zero_shot_accuracy where dataset = 'tgt_b'")
     assert rows == [(10,)]
@@ -125,6 +129,23 @@ def test_bad_data_fails_the_job_and_leaves_nothing(workdir):
     assert query(workdir, "select count(*) > 0 from predictions")[0][0]
     path.write_text(json.dumps(make_examples(6, 2, 1003)))
     snakemake(workdir, "genies_table")
+
+
+def test_failed_job_shows_its_error_on_the_console(tmp_path):
+    """The job's own message (file, record, field), not only `check log file(s)`: the
+    workflow profile's show-failed-logs prints the failed job's log. One job, no model."""
+    data = make_genies_folder(tmp_path / "genies-data")
+    records = make_examples(3, 2, 5)
+    records[1]["responses"] = {"a": 1.0, "b": 0.5}
+    (data / "distributions/tgt_c/test.json").write_text(json.dumps(records))
+    write_config(tmp_path, workflow_config(data))
+    proc = snakemake(tmp_path, "results/data/tgt_c/test.parquet", check=False)
+    console = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert (
+        "distributions/tgt_c/test.json, record 1, field 'responses': scores must be 1.0 "
+        "(preferred) or 0.0 (dispreferred), found 0.5"
+    ) in console, console[-4000:]
 
 
 def test_unknown_model_is_rejected_before_any_job(tmp_path):
@@ -167,6 +188,7 @@ def test_adding_a_model_or_shift_adds_only_new_jobs(workdir):
             predict_zero_shot=4,
             aggregate=1,
             report_tables=2,
+            viewer=2,
             genies_table=1,
         )
         assert not [p for p in planned_outputs(workdir) if "/tiny/" in p]
@@ -176,7 +198,7 @@ def test_adding_a_model_or_shift_adds_only_new_jobs(workdir):
         # tgt_b -> src_a needs no dataset the run does not have: only the shift table and
         # what reads it.
         assert planned_jobs(workdir) == Counter(
-            shift_registry=1, aggregate=1, report_tables=1, genies_table=1
+            shift_registry=1, aggregate=1, report_tables=1, viewer=1, genies_table=1
         )
     finally:
         write_config(workdir, config)

@@ -63,7 +63,7 @@ def test_probe_parameter_change_reruns_only_that_probe(workdir):
         write_config(workdir, CONFIGS[workdir])
     # mms is fitted on the 3 datasets that train it and predicts 5 (train, eval) pairs.
     assert jobs == Counter(
-        fit_probe=3, predict_probe=5, aggregate=1, report_tables=1, genies_table=1
+        fit_probe=3, predict_probe=5, aggregate=1, report_tables=1, viewer=1, genies_table=1
     )
     assert all("/mms/" in p for p in outputs if p.startswith(("results/fit", "results/pred")))
     assert planned_jobs(workdir) == Counter()
@@ -71,8 +71,8 @@ def test_probe_parameter_change_reruns_only_that_probe(workdir):
 
 def test_same_config_gives_identical_predictions(workdir):
     before = predictions(workdir)
-    rules = ["forward", "few_shot_prompts", "predict_few_shot", "fit_probe", "predict_probe"]
-    rules += ["tune", "predict_tuned"]
+    rules = ["forward", "few_shot_prompts", "score_few_shot", "predict_few_shot", "fit_probe"]
+    rules += ["predict_probe", "tune"]
     snakemake(workdir, "genies_table", "--forcerun", *rules, "predict_random", "predict_zero_shot")
     assert predictions(workdir) == before
 
@@ -81,11 +81,16 @@ def test_capability_and_source_runs_share_training_jobs(workdir):
     """Every dataset is trained once per method, whether it is a source or a target reference."""
     outputs = planned_outputs(workdir, extra=("--forcerun", "tune"))
     tuned = sorted(p for p in outputs if p.startswith("results/tune/"))
-    # src_a is the source of both shifts; ref_d is only a target reference (capability).
-    lora = [f"results/tune/tiny/lora/{d}" for d in ("ref_d", "src_a", "tgt_b", "tgt_c")]
-    # prompt tuning is not a capability intervention here: no ref_d training.
-    prompt = [f"results/tune/tiny/prompt_tuning/{d}" for d in ("src_a", "tgt_b", "tgt_c")]
-    assert tuned == lora + prompt
+    # src_a is the source of both shifts; ref_d is tgt_c's target reference, trained for the
+    # capability (lora) and for every method's ID target accuracy; tgt_c is never trained on.
+    trained = ("ref_d", "src_a", "tgt_b")
+    lora = [f"results/tune/tiny/lora/{d}" for d in trained]
+    prompt = [f"results/tune/tiny/prompt_tuning/{d}" for d in trained]
+    assert [p for p in tuned if not p.endswith(".parquet")] == lora + prompt
+    # each training job also predicts every dataset its reward model is evaluated on
+    assert [p for p in tuned if p.endswith(".parquet")] == []
+    predicted = sorted(p for p in outputs if p.startswith("results/predictions/tiny/lora/"))
+    assert predicted == [f"results/predictions/tiny/lora/{d}.parquet" for d in trained]
     con = duckdb.connect(str(workdir / "results/results.duckdb"), read_only=True)
     winners = con.execute("select distinct capability_intervention from cells").fetchall()
     con.close()

@@ -14,4 +14,5 @@ run_fit(
     params=snakemake.params.params,
     seed=snakemake.params.seed,
     limit=snakemake.params.limit,
+    threads=snakemake.threads,
 )

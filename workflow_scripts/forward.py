@@ -1,21 +1,18 @@
-"""Snakemake entry point: one batched forward pass over a (model, stimulus, dataset, split)."""
+"""Snakemake entry point: one model load runs every split and stimulus a dataset needs."""
 
 from genies.forward import run_forward
-from genies.jobs import log_file_of, setup_logging
+from genies.jobs import log_file_of, model_job, setup_logging
 
 setup_logging(log_file_of(snakemake))
 run_forward(
-    data_file=snakemake.input.data,
+    data_files=dict(zip(snakemake.params.work, snakemake.input.data, strict=True)),
     model_dir=snakemake.input.model,
-    out_path=snakemake.output.scores,
+    scores_path=snakemake.output.scores,
     activations_path=snakemake.output.activations,
     model_name=snakemake.wildcards.model,
     dataset=snakemake.wildcards.dataset,
-    split=snakemake.wildcards.split,
-    stimulus=snakemake.wildcards.stimulus,
-    limit=snakemake.params.limit,
-    batch_tokens=snakemake.params.batch_tokens,
-    device=snakemake.params.device,
-    dtype=snakemake.params.dtype,
-    threads=snakemake.threads,
+    work=snakemake.params.work,
+    limits=snakemake.params.limits,
+    scoring=snakemake.params.scoring,
+    job=model_job(snakemake),
 )

@@ -1,30 +1,16 @@
-"""Snakemake entry point: score few-shot prompts like zero-shot and write the predictions."""
+"""Snakemake entry point: few-shot predictions of one source from the eval dataset's scores."""
 
-from genies.forward import run_forward
 from genies.jobs import log_file_of, setup_logging
 from genies.zero_shot import write_zero_shot_predictions
 
 setup_logging(log_file_of(snakemake))
-w = snakemake.wildcards
-run_forward(
-    data_file=snakemake.input.data,
-    model_dir=snakemake.input.model,
-    out_path=snakemake.output.scores,
-    model_name=w.model,
-    dataset=w.eval,
-    split="test",
-    batch_tokens=snakemake.params.batch_tokens,
-    device=snakemake.params.device,
-    dtype=snakemake.params.dtype,
-    threads=snakemake.threads,
-)
 write_zero_shot_predictions(
-    data_file=snakemake.input.data,
-    forward_file=snakemake.output.scores,
-    out_path=snakemake.output.predictions,
-    model=w.model,
-    eval_dataset=w.eval,
+    data_file=snakemake.input.prompts,
+    forward_file=snakemake.input.scores,
+    out_path=snakemake.output[0],
+    model=snakemake.wildcards.model,
+    eval_dataset=snakemake.wildcards.eval,
     normalisation=snakemake.params.normalisation,
     intervention="few_shot",
-    train=w.train,
+    train=snakemake.wildcards.train,
 )

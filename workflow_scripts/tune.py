@@ -1,17 +1,20 @@
-"""Snakemake entry point: train a reward model (LoRA / QLoRA, prompt tuning), resumably."""
+"""Snakemake entry point: train a reward model (resumably), then predict its eval datasets."""
 
-from genies.jobs import log_file_of, setup_logging
-from genies.training import train_reward_model
+from genies.jobs import log_file_of, model_job, setup_logging
+from genies.tune_job import run_tune_job
 
 setup_logging(log_file_of(snakemake))
-train_reward_model(
+run_tune_job(
     model_dir=snakemake.input.model,
     train_file=snakemake.input.data,
-    out_dir=snakemake.output[0],
+    eval_files=dict(zip(snakemake.params.evals, snakemake.input.evals, strict=True)),
+    out_dir=snakemake.output.adapter,
+    predictions_path=snakemake.output.predictions,
     method=snakemake.wildcards.intervention,
     params=dict(snakemake.params.params),
     seed=snakemake.params.seed,
     dataset=snakemake.wildcards.train,
-    threads=snakemake.threads,
     model_name=snakemake.wildcards.model,
+    limit=snakemake.params.limit,
+    job=model_job(snakemake),
 )
