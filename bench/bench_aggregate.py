@@ -2,9 +2,12 @@
 
 Synthesises the prediction files a full run would leave: M models x I interventions (two of
 them untrained, train = none) over S shifts among D datasets, with every file a cell needs
-(source -> target, source -> source, target -> target, reference -> reference; the untrained
-ones once per eval dataset). Pairs per file are chosen so the total is about --rows. Then times
-`genies.aggregate.build_database` and prints its per-step seconds and the number of cells.
+(source -> target, source -> source, reference -> reference; the untrained ones once per eval
+dataset). Pairs per file are chosen so the total is about --rows. Every shift is put in the
+GENIES set (and in the extreme or probing set by its label), so the paired prompt bootstrap
+(`genies.significance`, 1000 draws) covers all of them: the worst case. Then times
+`genies.aggregate.build_database` and prints its per-step seconds, the number of cells and
+what the bootstrap covered.
 
     .venv/bin/python bench/bench_aggregate.py [--rows 1000000] [--models 3] [--interventions 10]
 """
@@ -21,10 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genies.aggregate import build_database
-from genies.cells import prediction_path
 from genies.io import write_parquet
 from genies.predictions import PREDICTION_SCHEMA
 from genies.shifts import Shift, shifts_table
+from genies.significance import N_RESAMPLES
 
 UNTRAINED = ("zero_shot", "random")
 
@@ -51,7 +54,6 @@ def files_needed(shifts, interventions) -> list[tuple[str, str, str]]:
         trained_pairs |= {
             (s.source, s.target),
             (s.source, s.source),
-            (s.target, s.target),
             (s.target_reference, s.target_reference),
         }
         evals |= {s.source, s.target, s.target_reference}
@@ -81,6 +83,8 @@ def prediction_file(model, intervention, train, eval_dataset, n_examples, rng) -
             "dispreferred_response": np.tile(np.arange(1, 3, dtype=np.int8), n_examples),
             "prob_preferred": prob,
             "correct": prob > 0.5,
+            "prompt_tokens_cut": np.zeros(n, np.int32),
+            "skipped": np.zeros(n, bool),
         },
         schema=PREDICTION_SCHEMA,
     )
@@ -109,12 +113,18 @@ def main() -> None:
     for m in range(args.models):
         model = f"model_{m}"
         for intervention, train, eval_dataset in keys:
-            path = root / prediction_path(model, intervention, train, eval_dataset)
+            # One file per group (the tuned methods' jobs write one per train; same rows).
+            path = root / f"results/predictions/{model}/{intervention}/{train}/{eval_dataset}.pq"
             table = prediction_file(model, intervention, train, eval_dataset, n_examples, rng)
             write_parquet(table, path, {"job": "predict", "model": model, "seconds": 1.0})
             files.append(path)
     shifts_file = root / "results/shifts.parquet"
-    pq.write_table(shifts_table(shifts), shifts_file)
+    sets = {
+        "genies": shifts,
+        "extreme": [s for s in shifts if s.label == "extreme"],
+        "probing": [s for s in shifts if s.label == "probing"],
+    }
+    pq.write_table(shifts_table(shifts, sets), shifts_file)
     print(
         f"synthesised {len(files)} prediction files ({n_examples * 2} pairs each) "
         f"in {time.perf_counter() - start:.1f} s under {root}"
@@ -134,6 +144,12 @@ def main() -> None:
     )
     for step, seconds in stats["seconds"].items():
         print(f"  {step:<18} {seconds:7.2f} s")
+    print(
+        f"significance: paired prompt bootstrap, {N_RESAMPLES} draws, {len(shifts)} shifts x "
+        f"{len(interventions)} interventions x {args.models} models, "
+        f"{len(interventions) * (len(interventions) - 1) * args.models} comparisons, "
+        f"{n_examples} prompts per dataset: {stats['seconds']['significance']:.2f} s"
+    )
     print(f"build_database total: {total:.2f} s")
 
 

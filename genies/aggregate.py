@@ -5,13 +5,31 @@ and the provenance stored in their metadata, so deleting the database loses noth
 database is built in a temporary file and renamed into place: a reader never sees a
 half-written one.
 
-Tables: shifts, datasets, runs, predictions (per pair), cells (per model x intervention x
-shift, `genies.cells.CELL_SCHEMA`). Views:
+Tables: shifts (the registry, `genies.shifts.shifts_table`), datasets, runs, predictions (per
+pair), cells (per model x intervention x configured shift, `genies.cells.CELL_SCHEMA`),
+intervals and comparisons (the paired prompt bootstrap, `genies.significance`). With the
+config key `published`, the paper's runs too (`genies.published`): predictions and cells of the
+models `<model>@published` (cells over every registered shift with a published run; no bootstrap
+intervals or comparisons), and the tables published_runs (one row per imported upstream file)
+and published_capabilities. Views:
 
-- `genies_table`: paper Table 5, one row per (model, intervention). Each average is over the
-  cells where that number exists; `shifts`, `complete_shifts` and `de_shifts` say how many.
-  `avg_differential_elicitation_se` is the standard error of the mean DE over shifts
-  (sample standard deviation / sqrt(n)); the report's bars show +-1.96 of it.
+- `genies_table`: paper Table 5, one row per (model, intervention), each column over its own
+  set of shifts as the paper defines it: avg DE, capable DE, both RMS calibration errors, ID
+  target accuracy, generalisation accuracy and elicitation over the GENIES shifts; extreme and
+  probing avg DE over every shift of extreme/all.json and probing/all.json. Each average is over
+  the cells of its set where that number exists, and a count column beside it says how many
+  (`genies_shifts` for avg DE, `capable_shifts`, `rms_shifts`, `rms_genies_shifts`,
+  `id_target_shifts`, `generalization_shifts`, `elicitation_shifts`, `extreme_shifts`,
+  `probing_shifts`); the set sizes are `genies_set_size`, `extreme_set_size`,
+  `probing_set_size` (15, 37, 19 with the released data). A count below its set size means a
+  partial mean, not the paper's column.
+  `<average>_low` / `_high` are the 95% paired prompt-bootstrap intervals of the three DE
+  averages; `avg_differential_elicitation_se` is the standard error of avg DE over the GENIES
+  shifts (sample standard deviation / sqrt(n)), the spread that sampling other shifts would
+  add. `shifts` / `complete_shifts` count all the (model, intervention)'s cells.
+- `comparisons` (table): every ordered pair of interventions of a model, the difference of
+  their avg DE over the GENIES shifts both cover, its paired interval and the share of draws
+  in which the first is ahead.
 - `shift_matrix`: paper B.6 in long format, one row per (model, shift, intervention) with its
   DE. Long, because a view's columns are fixed when it is created while interventions come and
   go with the prediction files; `genies.report.shift_matrix_wide` pivots it.
@@ -29,9 +47,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .cells import DEFAULT_CAPABILITY_INTERVENTIONS, compute_cells
+from .cells import DEFAULT_CAPABILITY_INTERVENTIONS, PredictionGroups, cells_table
 from .io import atomic_path, read_provenance
 from .predictions import read_predictions
+from .published import add_published
+from .shifts import configured_rows
+from .significance import prompt_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +83,65 @@ VIEWS = {
     """,
     "genies_table": """
         CREATE VIEW genies_table AS
+        WITH flagged AS (
+            SELECT c.*, coalesce(s.in_genies, false) AS g,
+                   coalesce(s.in_extreme_set, false) AS x,
+                   coalesce(s.in_probing_set, false) AS p
+            FROM cells c LEFT JOIN shifts s USING (shift_id)
+        ), averages AS (
+            SELECT model, intervention,
+                avg(differential_elicitation) FILTER (WHERE g) AS avg_differential_elicitation,
+                count(differential_elicitation) FILTER (WHERE g) AS genies_shifts,
+                stddev_samp(differential_elicitation) FILTER (WHERE g)
+                    / sqrt(count(differential_elicitation) FILTER (WHERE g))
+                    AS avg_differential_elicitation_se,
+                avg(capable_differential_elicitation) FILTER (WHERE g)
+                    AS capable_differential_elicitation,
+                count(capable_differential_elicitation) FILTER (WHERE g) AS capable_shifts,
+                avg(rms_calibration_error) FILTER (WHERE g) AS avg_rms_calibration_error,
+                count(rms_calibration_error) FILTER (WHERE g) AS rms_shifts,
+                avg(rms_calibration_error_genies) FILTER (WHERE g)
+                    AS avg_rms_calibration_error_genies,
+                count(rms_calibration_error_genies) FILTER (WHERE g) AS rms_genies_shifts,
+                avg(id_target_accuracy) FILTER (WHERE g) AS avg_id_target_accuracy,
+                count(id_target_accuracy) FILTER (WHERE g) AS id_target_shifts,
+                avg(differential_elicitation) FILTER (WHERE x)
+                    AS extreme_avg_differential_elicitation,
+                count(differential_elicitation) FILTER (WHERE x) AS extreme_shifts,
+                avg(differential_elicitation) FILTER (WHERE p)
+                    AS probing_avg_differential_elicitation,
+                count(differential_elicitation) FILTER (WHERE p) AS probing_shifts,
+                avg(generalization_accuracy) FILTER (WHERE g) AS avg_generalization_accuracy,
+                count(generalization_accuracy) FILTER (WHERE g) AS generalization_shifts,
+                avg(elicitation) FILTER (WHERE g) AS avg_elicitation,
+                count(elicitation) FILTER (WHERE g) AS elicitation_shifts,
+                count(*) AS shifts,
+                count(*) FILTER (WHERE complete) AS complete_shifts
+            FROM flagged GROUP BY model, intervention
+        ), set_sizes AS (
+            SELECT count(*) FILTER (WHERE in_genies) AS genies_set_size,
+                   count(*) FILTER (WHERE in_extreme_set) AS extreme_set_size,
+                   count(*) FILTER (WHERE in_probing_set) AS probing_set_size
+            FROM shifts
+        )
         SELECT model, intervention,
-               count(*) AS shifts,
-               count(*) FILTER (WHERE complete) AS complete_shifts,
-               count(differential_elicitation) AS de_shifts,
-               avg(differential_elicitation) AS avg_differential_elicitation,
-               stddev_samp(differential_elicitation) / sqrt(count(differential_elicitation))
-                   AS avg_differential_elicitation_se,
-               avg(capable_differential_elicitation) AS capable_differential_elicitation,
-               avg(rms_calibration_error) AS avg_rms_calibration_error,
-               avg(rms_calibration_error_genies) AS avg_rms_calibration_error_genies,
-               avg(id_target_accuracy) AS avg_id_target_accuracy,
-               avg(differential_elicitation) FILTER (WHERE label = 'extreme')
-                   AS extreme_avg_differential_elicitation,
-               avg(differential_elicitation) FILTER (WHERE label = 'probing')
-                   AS probing_avg_differential_elicitation,
-               avg(generalization_accuracy) AS avg_generalization_accuracy,
-               avg(elicitation) AS avg_elicitation
-        FROM cells GROUP BY model, intervention ORDER BY model, intervention
+               avg_differential_elicitation, avg_differential_elicitation_low,
+               avg_differential_elicitation_high, genies_shifts, genies_set_size,
+               avg_differential_elicitation_se,
+               capable_differential_elicitation, capable_shifts,
+               avg_rms_calibration_error, rms_shifts,
+               avg_rms_calibration_error_genies, rms_genies_shifts,
+               avg_id_target_accuracy, id_target_shifts,
+               extreme_avg_differential_elicitation, extreme_avg_differential_elicitation_low,
+               extreme_avg_differential_elicitation_high, extreme_shifts, extreme_set_size,
+               probing_avg_differential_elicitation, probing_avg_differential_elicitation_low,
+               probing_avg_differential_elicitation_high, probing_shifts, probing_set_size,
+               avg_generalization_accuracy, generalization_shifts,
+               avg_elicitation, elicitation_shifts,
+               shifts, complete_shifts
+        FROM averages a CROSS JOIN set_sizes z
+        LEFT JOIN intervals i USING (model, intervention)
+        ORDER BY model, intervention
     """,
     "shift_matrix": """
         CREATE VIEW shift_matrix AS
@@ -148,11 +210,15 @@ def build_database(
     extra_tables=None,
     capability_interventions=DEFAULT_CAPABILITY_INTERVENTIONS,
     seed=0,
+    published_files=(),
 ) -> dict:
     """Write the DuckDB database atomically from result files.
 
     `capability_interventions` and `seed` (of the bootstrap intervals) configure the cells
-    (`genies.cells.compute_cells`). Returns the row counts and seconds of each step.
+    (`genies.cells.compute_cells`, one per configured shift of the registry `shifts_file`) and
+    the paired prompt bootstrap (`genies.significance`). `published_files`: the Parquet files
+    of `genies.published.import_published` (the paper's runs, as `<model>@published`), or none.
+    Returns the row counts and seconds of each step.
     """
     seconds = {}
     clock = time.perf_counter()
@@ -168,13 +234,18 @@ def build_database(
     lap("read_predictions")
     tables["runs"] = runs_table([*data_files, *run_files, *prediction_files])
     lap("runs")
-    tables["cells"] = compute_cells(
-        tables["predictions"],
-        tables["shifts"],
-        capability_interventions=capability_interventions,
-        seed=seed,
-    )
+    groups = PredictionGroups(tables["predictions"], seed=seed)
+    configured = configured_rows(tables["shifts"])
+    options = {"capability_interventions": capability_interventions}
+    tables["cells"] = cells_table(groups, configured, **options)
     lap("cells")
+    tables["intervals"], tables["comparisons"] = prompt_bootstrap(
+        groups, configured, seed=seed, **options
+    )
+    lap("significance")
+    if published_files:
+        add_published(tables, published_files, seed=seed)
+        lap("published")
     tables.update(extra_tables or {})
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:

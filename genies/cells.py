@@ -10,17 +10,22 @@ baseline            (zero_shot, train = none, eval = target)
 capability          (c, train = target_reference, eval = target_reference) for every
                     configured capability intervention c; the best accuracy wins (ties: the
                     first in the configured order) and its name is recorded
-id_target           (intervention, train = target, eval = target)
+id_target           (intervention, train = target_reference, eval = target_reference), the
+                    paper's "ID target accuracy" (the target itself when no reference is set)
 ==================  ======================================================================
 
 Interventions that do not train (zero_shot, random, or any intervention whose predictions use
 train = none) are looked up with train = none whatever the cell's train dataset is: for
 zero-shot, generalisation, source ID and ID target accuracy are plain accuracies on the
-respective eval datasets.
+respective eval datasets. Only imported runs stored per training set are found first: the
+published zero-shot runs (`genies.published`), one per source, whose baseline is
+(zero_shot, train = source, eval = target). The published runs also bring groups known only by
+their accuracy and a fixed capability per (model, target) (`PredictionGroups`).
 
 The numbers themselves come from `genies.metrics` (accuracy, prompt bootstrap interval,
-elicitation, DE, capable DE, both RMS calibration errors). A missing input leaves NULL in what
-depends on it, and `missing` names the prediction file that would produce it
+elicitation, DE, capable DE, both RMS calibration errors; the standard one takes each pair's
+`correct` flag as its outcome, so the random baseline's coin counts). A missing input leaves
+NULL in what depends on it, and `missing` names the prediction file that would produce it
 (`input: path; input: path`). The capability is NULL unless *every* configured capability
 intervention has run, so a published capability never changes when a late job finishes. When
 the capability is 0, elicitation and DE are undefined and stay NULL although nothing is missing.
@@ -67,6 +72,8 @@ CELL_SCHEMA = pa.schema(
         ("generalization_high", pa.float64()),
         ("pairs", pa.int64()),
         ("examples", pa.int64()),
+        ("pairs_skipped", pa.int64()),  # did not fit the model's context (context_policy skip)
+        ("pairs_cut", pa.int64()),  # scored with the start of the prompt cut off
         ("source_id_accuracy", pa.float64()),
         ("baseline_accuracy", pa.float64()),
         ("capability", pa.float64()),
@@ -107,13 +114,39 @@ class PredictionGroups:
     cells share a group (e.g. the zero-shot baseline of a target).
     """
 
-    def __init__(self, predictions: pa.Table, *, n_resamples=1000, confidence=0.95, seed=0):
+    def __init__(
+        self,
+        predictions: pa.Table,
+        *,
+        n_resamples=1000,
+        confidence=0.95,
+        seed=0,
+        summaries: pa.Table | None = None,
+        capabilities: pa.Table | None = None,
+    ):
         self.n_resamples, self.confidence, self.seed = n_resamples, confidence, seed
         self.correct = _numpy(predictions.column("correct")).astype(bool)
         self.prob = _numpy(predictions.column("prob_preferred")).astype(float)
-        self.example, _ = _codes(predictions.column("example_id"))
+        # Pairs the context policy skipped are not scored (NaN): every number leaves them out
+        # and the cell counts them, as it counts pairs whose prompt was cut.
+        self.skipped = _flag(predictions, "skipped", lambda c: c.astype(bool))
+        self.cut = _flag(predictions, "prompt_tokens_cut", lambda c: c > 0)
+        self.context: dict[tuple[str, str, str, str], tuple[int, int]] = {}
+        self.example = _example_codes(predictions)
         self.rows: dict[tuple[str, str, str, str], np.ndarray] = {}
         self._stats: dict[tuple, dict] = {}
+        # Stored results (the published runs, genies.published): `summaries` are groups known
+        # only by their accuracy (runs stored without pairs: no interval, counts or
+        # calibration); `capabilities` fixes the capability of each (model, target) of the
+        # models it lists, which then take it from there only.
+        self.summaries = {
+            tuple(r[k] for k in _KEYS): r["accuracy"]
+            for r in (summaries.to_pylist() if summaries is not None else ())
+        }
+        self.capabilities: dict[str, dict[str, tuple[float, str]]] = {}
+        for r in capabilities.to_pylist() if capabilities is not None else ():
+            by_target = self.capabilities.setdefault(r["model"], {})
+            by_target[r["target"]] = (r["capability"], r["capability_intervention"])
         if predictions.num_rows == 0:
             return
         combined = np.zeros(predictions.num_rows, dtype=np.int64)
@@ -128,22 +161,27 @@ class PredictionGroups:
         for start, stop in zip(starts, np.r_[starts[1:], len(order)], strict=True):
             first = order[start]
             key = tuple(values[codes[first]] for codes, values in columns)
-            self.rows[key] = order[start:stop]
+            rows = order[start:stop]
+            self.context[key] = (int(self.skipped[rows].sum()), int(self.cut[rows].sum()))
+            self.rows[key] = rows[~self.skipped[rows]]
 
     @cached_property
     def untrained(self) -> set[str]:
         """Interventions that have predictions with train = none (for any model)."""
-        return {intervention for _, intervention, train, _ in self.rows if train == NO_TRAIN}
+        return {i for _, i, train, _ in self._keys() if train == NO_TRAIN}
 
     def pairs(self) -> set[tuple[str, str]]:
-        return {(model, intervention) for model, intervention, _, _ in self.rows}
+        return {(model, intervention) for model, intervention, _, _ in self._keys()}
+
+    def _keys(self) -> list[tuple[str, str, str, str]]:
+        return [*self.rows, *self.summaries]
 
     def find(self, key):
         """The group of `key`, else its train = none group (untrained interventions), else None."""
-        if key in self.rows:
-            return key
-        fallback = (key[0], key[1], NO_TRAIN, key[3])
-        return fallback if fallback in self.rows else None
+        for candidate in (key, (key[0], key[1], NO_TRAIN, key[3])):
+            if candidate in self.rows or candidate in self.summaries:
+                return candidate
+        return None
 
     def accuracy(self, key) -> float:
         return self._get(key, "accuracy", lambda i: metrics.accuracy(self.correct[i]))
@@ -162,20 +200,51 @@ class PredictionGroups:
         )
 
     def rms(self, key, method: str) -> float | None:
-        return self._get(
-            key,
-            f"rms_{method}",
-            lambda i: _finite(metrics.rms_calibration_error(self.prob[i], method)),
-        )
+        def compute(i):
+            outcomes = self.correct[i] if method == "standard" else None
+            return _finite(metrics.rms_calibration_error(self.prob[i], method, outcomes))
+
+        return self._get(key, f"rms_{method}", compute)
 
     def counts(self, key) -> tuple[int, int]:
         return self._get(key, "counts", lambda i: (len(i), len(np.unique(self.example[i]))))
 
     def _get(self, key, name, compute):
+        if key not in self.rows:  # a summary: its accuracy and nothing that needs pairs
+            return self.summaries[key] if name == "accuracy" else _WITHOUT_PAIRS.get(name)
         stats = self._stats.setdefault(key, {})
         if name not in stats:
             stats[name] = compute(self.rows[key])
         return stats[name]
+
+
+_WITHOUT_PAIRS = {"interval": (None, None), "counts": (None, None)}
+
+
+def _example_codes(predictions: pa.Table) -> np.ndarray:
+    """The bootstrap unit of every row: its example id.
+
+    Rows without one (published pairs that cannot be matched to the data) keep the examples of
+    their run: a row starts a new example at pair_index 0 (or unknown) or after a row with an
+    id, and otherwise belongs to the example of the row before it.
+    """
+    column = predictions.column("example_id")
+    if not column.null_count:
+        return _codes(column)[0]
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    unmatched = codes < 0
+    pair_index = pc.fill_null(predictions.column("pair_index"), 0).to_numpy()
+    starts = unmatched & ((pair_index == 0) | ~np.r_[False, unmatched[:-1]])
+    codes[unmatched] = len(encoded.dictionary) + np.cumsum(starts)[unmatched] - 1
+    return codes
+
+
+def _flag(predictions: pa.Table, name: str, test) -> np.ndarray:
+    """A per-row boolean from an optional column (tables built without it: all False)."""
+    if name not in predictions.column_names:
+        return np.zeros(predictions.num_rows, dtype=bool)
+    return test(_numpy(predictions.column(name)))
 
 
 def _numpy(column: pa.ChunkedArray) -> np.ndarray:
@@ -194,21 +263,55 @@ def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def _as_shifts(shifts) -> list[Shift]:
+def indexed_shifts(shifts) -> list[tuple[int, Shift]]:
+    """(shift_index, Shift) of a registry table (its `shift_index`) or of a list (its order)."""
     if isinstance(shifts, pa.Table):
         fields = ("source", "target", "target_reference", "label", "category")
-        return [Shift(**{f: row.get(f) for f in fields}) for row in shifts.to_pylist()]
-    return list(shifts)
+        rows = shifts.to_pylist()
+        return [
+            (row.get("shift_index", i), Shift(**{f: row.get(f) for f in fields}))
+            for i, row in enumerate(rows)
+        ]
+    return list(enumerate(shifts))
 
 
-def _cell(groups: PredictionGroups, model, intervention, shift, index, options) -> dict:
+def cell_options(groups: PredictionGroups, capability_interventions, baseline=BASELINE) -> dict:
+    """The keyword arguments of `cell_inputs` for the cells of `groups`."""
+    capability_interventions = tuple(capability_interventions)
+    if not capability_interventions:
+        raise ValueError("capability_interventions is empty: name at least one intervention")
+    return {
+        "capability_interventions": capability_interventions,
+        # Besides the known ones, any intervention with train = none predictions is untrained.
+        "untrained": set(UNTRAINED) | groups.untrained,
+        "baseline": baseline,
+    }
+
+
+def resolve_inputs(groups: PredictionGroups, model, intervention, shift, options):
+    """(inputs, found, missing) of a cell: the keys of `cell_inputs`, the group that holds each
+    (None if absent), and input name -> the prediction paths that are missing."""
     inputs = cell_inputs(model, intervention, shift, **options)
-    found = {name: [groups.find(k) for k in keys] for name, keys in inputs.items()}
+    # Runs of untrained interventions stored per training set win over their train = none runs:
+    # the published zero-shot runs were made once per source, and the published baseline is the
+    # source's run (genies.published). The workflow's own untrained runs all have train = none.
+    specific = cell_inputs(model, intervention, shift, **{**options, "untrained": ()})
+    specific["baseline"] = [(model, options["baseline"], shift.source, shift.target)]
+    found = {name: [groups.find(k) for k in specific[name]] for name in inputs}
     missing = {
         name: [prediction_path(*k) for k, f in zip(inputs[name], hits, strict=True) if f is None]
         for name, hits in found.items()
     }
-    missing = {name: paths for name, paths in missing.items() if paths}
+    fixed = groups.capabilities.get(model)
+    if fixed is not None:  # this model's capability comes from the capabilities table only
+        found["capability"] = []
+        absent = shift.target not in fixed
+        missing["capability"] = [f"capabilities table ({model}, {shift.target})"] if absent else []
+    return inputs, found, {name: paths for name, paths in missing.items() if paths}
+
+
+def _cell(groups: PredictionGroups, model, intervention, shift, index, options) -> dict:
+    inputs, found, missing = resolve_inputs(groups, model, intervention, shift, options)
 
     def acc(name):
         key = found[name][0]
@@ -235,9 +338,13 @@ def _cell(groups: PredictionGroups, model, intervention, shift, index, options) 
     if gen_key is not None:
         row["generalization_low"], row["generalization_high"] = groups.interval(gen_key)
         row["pairs"], row["examples"] = groups.counts(gen_key)
+        row["pairs_skipped"], row["pairs_cut"] = groups.context.get(gen_key, (0, 0))
         row["rms_calibration_error"] = groups.rms(gen_key, "standard")
         row["rms_calibration_error_genies"] = groups.rms(gen_key, "genies")
-    if "capability" not in missing:
+    fixed = groups.capabilities.get(model, {}).get(shift.target)
+    if fixed is not None:
+        row["capability"], row["capability_intervention"] = fixed
+    elif "capability" not in missing:
         # max() keeps the first of equal accuracies: ties go to the earlier configured name.
         best = max(found["capability"], key=groups.accuracy)
         row["capability"] = groups.accuracy(best)
@@ -272,29 +379,40 @@ def compute_cells(
 
     Args:
         predictions: rows with PREDICTION_SCHEMA, in evaluation order within each group.
-        shifts: the `shifts` table (or a list of `Shift`), in registry order (`shift_index`).
+        shifts: rows of the registry table (their `shift_index` is kept) or a list of `Shift`
+            (indexed in its order): one cell per shift for every (model, intervention).
         capability_interventions: candidates for the target-tuned capability.
         baseline: the intervention whose train = none accuracy on the target is the baseline.
         expected: extra (model, intervention) pairs to give cells even without any predictions.
         n_resamples, confidence, seed: of the prompt bootstrap interval of the generalisation
             accuracy (`genies.metrics.bootstrap_interval`; same seed for every cell).
     """
-    capability_interventions = tuple(capability_interventions)
-    if not capability_interventions:
-        raise ValueError("capability_interventions is empty: name at least one intervention")
     groups = PredictionGroups(
         predictions, n_resamples=n_resamples, confidence=confidence, seed=seed
     )
-    options = {
-        "capability_interventions": capability_interventions,
-        # Besides the known ones, any intervention with train = none predictions is untrained.
-        "untrained": set(UNTRAINED) | groups.untrained,
-        "baseline": baseline,
-    }
+    return cells_table(
+        groups,
+        shifts,
+        capability_interventions=capability_interventions,
+        baseline=baseline,
+        expected=expected,
+    )
+
+
+def cells_table(
+    groups: PredictionGroups,
+    shifts,
+    *,
+    capability_interventions: Iterable[str] = DEFAULT_CAPABILITY_INTERVENTIONS,
+    baseline: str = BASELINE,
+    expected: Iterable[tuple[str, str]] = (),
+) -> pa.Table:
+    """`compute_cells` of prediction groups that are already indexed (shared with others)."""
+    options = cell_options(groups, capability_interventions, baseline)
     rows = [
         _cell(groups, model, intervention, shift, index, options)
         for model, intervention in sorted(groups.pairs() | set(expected))
-        for index, shift in enumerate(_as_shifts(shifts))
+        for index, shift in indexed_shifts(shifts)
     ]
     return pa.Table.from_pylist(rows, schema=CELL_SCHEMA)
 
@@ -346,8 +464,8 @@ def write_cell(
     Raises IncompleteCellError naming the jobs to run when an input is missing.
     """
     shifts = pq.read_table(shifts_file)
-    wanted = [s for s in _as_shifts(shifts) if s.shift_id == shift_id]
-    if not wanted:
+    wanted = shifts.filter(pc.equal(shifts.column("shift_id"), shift_id))
+    if not wanted.num_rows:
         raise GeniesError(f"shift {shift_id!r} is not in {shifts_file}")
     table = compute_cells(
         read_predictions(prediction_files), wanted, expected=[(model, intervention)], **options

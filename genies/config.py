@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from . import interventions
 from .errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
@@ -36,8 +37,16 @@ def check_semantics(config: dict) -> None:
     Raises ConfigError with a message that says what to change.
     """
     if "capability_interventions" not in config:
-        lora = "lora" in config["interventions"]
-        config["capability_interventions"] = ["lora"] if lora else ["zero_shot"]
+        if "lora" not in config["interventions"]:
+            # The untuned model's accuracy is no target-tuned capability: DE would divide by it.
+            raise ConfigError(
+                "capability_interventions is not set and lora is not enabled: name the "
+                "interventions whose accuracy on a shift's target_reference, trained there, is "
+                "the target-tuned capability (DE divides by the best of them), e.g. "
+                "`capability_interventions: [mms, lat1]` (probes) or enable lora (a tuned reward "
+                "model, the default then); they must be enabled in `interventions`"
+            )
+        config["capability_interventions"] = ["lora"]
     unknown = [m for m in config["run_models"] if m not in config["models"]]
     if unknown:
         raise ConfigError(
@@ -59,6 +68,7 @@ def _check_interventions(config: dict) -> None:
             f"capability_interventions names {missing}, which are not in `interventions`; "
             "enable them or remove them from capability_interventions"
         )
+    interventions.configured(config)  # reward models of the user's own: models, base
 
 
 def validate_config(config: dict) -> dict:

@@ -31,7 +31,9 @@ functions over numbers and numpy arrays:
 ``rms_calibration_error``
     Root-mean-square calibration error of the probabilities, in two variants.
     ``method="standard"`` is the usual binned (reliability-diagram) estimator over the
-    confidence of the predicted class. ``method="genies"`` is the variant of the published
+    confidence of the predicted class; given ``outcomes`` (whether each decision was right),
+    a bin's accuracy is their mean, which is what makes the random baseline (probability 0.5,
+    decided by a coin) calibrated. ``method="genies"`` is the variant of the published
     GENIES code: it flips each pair's orientation with ``random.Random(42)``, compares every bin
     against the *global* outcome rate, weights bins equally, keeps only bins with at least 20
     members, and returns NaN when no bin qualifies. It is kept only so that numbers can be
@@ -270,12 +272,13 @@ def capable_differential_elicitation(baseline_accuracy, capability) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _rms_standard(p: np.ndarray) -> float:
+def _rms_standard(p: np.ndarray, outcome: np.ndarray | None) -> float:
     if p.size == 0:
         raise ValueError("probabilities is empty: the calibration error is undefined")
     confidence = np.maximum(p, 1.0 - p)
-    # A tie (p == 0.5) is not a win: the predicted class is "preferred" but the outcome is 0.
-    outcome = (p > 0.5).astype(float)
+    if outcome is None:
+        # A tie (p == 0.5) is not a win: the predicted class is "preferred" but the outcome is 0.
+        outcome = (p > 0.5).astype(float)
     edges = np.linspace(0.5, 1.0, _N_BINS + 1)
     # Bins [e0, e1), ..., [e3, e4), [e4, 1.0]: digitize against the inner edges only.
     idx = np.digitize(confidence, edges[1:-1])
@@ -325,19 +328,25 @@ def _rms_genies(p: np.ndarray) -> float:
     return float(np.sqrt(np.mean(squared)))
 
 
-def rms_calibration_error(probabilities, method: str = "standard") -> float:
+def rms_calibration_error(probabilities, method: str = "standard", outcomes=None) -> float:
     """Root-mean-square calibration error of the probability given to the preferred response.
 
     Args:
         probabilities: for each pair, in evaluation order, the probability ``p`` that the model
             gives the preferred response. Must be finite and within [0, 1].
         method: ``"standard"`` or ``"genies"``.
+        outcomes: optional, ``"standard"`` only: for each pair, whether the method's decision
+            was right (booleans or 0/1, the ``correct`` column of the predictions).
 
     ``method="standard"`` (reliability-diagram RMS over the predicted class):
         For each pair the predicted class is the preferred response if ``p >= 0.5`` and the
-        dispreferred one otherwise; its confidence is ``c = max(p, 1 - p)`` and the outcome is
-        1 if the preferred response has strictly higher probability (``p > 0.5``), else 0. At
-        exactly ``p == 0.5`` the outcome is 0: a tie is not a win. Confidences fall into 5
+        dispreferred one otherwise; its confidence is ``c = max(p, 1 - p)``. The outcome is
+        ``outcomes[i]`` when given; otherwise it is 1 if the preferred response has strictly
+        higher probability (``p > 0.5``), else 0 (at exactly ``p == 0.5`` the outcome is 0: a
+        tie is not a win). The two agree for every method whose decision follows its
+        probability; they differ for one that reports ``p == 0.5`` and decides otherwise, like
+        the random baseline (a coin), whose outcomes make it calibrated (RMS near 0) where
+        ``p > 0.5`` would call every pair a loss (RMS 0.5). Confidences fall into 5
         equal-width bins with edges ``linspace(0.5, 1, 6)``, i.e. ``[0.5, 0.6), [0.6, 0.7),
         [0.7, 0.8), [0.8, 0.9), [0.9, 1.0]`` (last bin closed). With ``n_k`` members,
         mean confidence ``conf_k`` and mean outcome ``acc_k`` in bin ``k``::
@@ -363,15 +372,32 @@ def rms_calibration_error(probabilities, method: str = "standard") -> float:
         The RMS calibration error as a float (NaN possible only for ``"genies"``).
 
     Raises:
-        ValueError: for an unknown method, probabilities outside [0, 1] or non-finite, or empty
-            input with ``method="standard"``.
+        ValueError: for an unknown method, probabilities outside [0, 1] or non-finite, empty
+            input with ``method="standard"``, outcomes that are not 0/1 or not one per
+            probability, or outcomes with ``method="genies"`` (whose outcomes are its random
+            orientations).
     """
     if method not in RMS_METHODS:
         raise ValueError(f"unknown method {method!r}; allowed methods: {', '.join(RMS_METHODS)}")
     p = _probability_array(probabilities)
-    if method == "standard":
-        return _rms_standard(p)
-    return _rms_genies(p)
+    if method == "genies":
+        if outcomes is not None:
+            raise ValueError(
+                'outcomes apply to method="standard" only: the published "genies" variant '
+                "compares with random orientations of each pair, not with the decisions"
+            )
+        return _rms_genies(p)
+    outcome = None
+    if outcomes is not None:
+        outcome = _as_1d(outcomes, "outcomes")
+        if outcome.shape != p.shape:
+            raise ValueError(
+                f"outcomes must have one entry per probability: got {outcome.size} outcomes "
+                f"for {p.size} probabilities"
+            )
+        if not np.all((outcome == 0) | (outcome == 1)):
+            raise ValueError("outcomes must contain only booleans or 0/1 values")
+    return _rms_standard(p, outcome)
 
 
 def brier_score(probabilities) -> float:

@@ -5,6 +5,18 @@ accuracy is the target-tuned capability; defaults to the target), a `label` (ext
 probing) and a `category`. `all.json` carries no labels: they are recovered from the
 `extreme/*.json` and `probing/*.json` category files that list the pair. Duplicate
 (source, target) entries are dropped with a printed note (`all.json` repeats 13 shifts).
+
+The registry table (`shifts_table`, results/shifts.parquet) lists every shift the workflow
+knows: the configured ones first, in their order, then the other shifts of GENIES.json and of
+all.json. Besides `configured` it flags the sets whose averages the GENIES table reports, as the
+paper defines its columns (`SET_FLAGS`):
+
+- `in_genies`: listed in GENIES.json (15 shifts): avg DE, capable DE, calibration, ID target
+  accuracy.
+- `in_extreme_set` / `in_probing_set`: listed in extreme/all.json (37 shifts) / probing/all.json
+  (32 entries, 19 distinct (source, target) pairs, each counted once). Membership comes from these
+  category files, not from a label: GENIES.json labels alpaca_short -> alpaca_long `extreme`,
+  but probing/all.json lists it, so it counts towards the probing average.
 """
 
 from __future__ import annotations
@@ -28,6 +40,21 @@ NAMED_SETS = {
     "probing": "probing/all.json",
 }
 LABELS = ("extreme", "probing")
+#: Shift set -> the registry column that marks its members (the GENIES table averages over it).
+SET_FLAGS = {"genies": "in_genies", "extreme": "in_extreme_set", "probing": "in_probing_set"}
+REGISTRY_SCHEMA = pa.schema(
+    [
+        ("shift_index", pa.int32()),
+        ("shift_id", pa.string()),
+        ("source", pa.string()),
+        ("target", pa.string()),
+        ("target_reference", pa.string()),
+        ("label", pa.string()),
+        ("category", pa.string()),
+        ("configured", pa.bool_()),
+        *((flag, pa.bool_()) for flag in SET_FLAGS.values()),
+    ]
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +134,13 @@ def _category_index(raw: RawData) -> dict[tuple[str, str], tuple[str, str]]:
     return index
 
 
-def load_shifts(selection: str, data_location, known_datasets=None) -> list[Shift]:
+def load_shifts(
+    selection: str, data_location, known_datasets=None, *, note_repeats=logging.WARNING
+) -> list[Shift]:
     """Load a named shift set (genies, all, extreme, probing) or a user's shift file.
 
     Unknown datasets (not in `known_datasets`) are an error naming the file, record and field.
+    A repeated (source, target) entry is dropped with a note logged at level `note_repeats`.
     """
     raw = RawData(data_location)
     if selection in NAMED_SETS:
@@ -140,7 +170,8 @@ def load_shifts(selection: str, data_location, known_datasets=None) -> list[Shif
     for i, s in enumerate(shifts):
         key = (s.source, s.target)
         if key in seen:
-            log.warning(
+            log.log(
+                note_repeats,
                 "note: %s entry %d repeats shift %s -> %s (entry %d); it is counted once",
                 where,
                 i,
@@ -156,19 +187,51 @@ def load_shifts(selection: str, data_location, known_datasets=None) -> list[Shif
     return unique
 
 
-def shifts_table(shifts: list[Shift], genies_pairs=()) -> pa.Table:
-    genies_pairs = set(genies_pairs)
-    return pa.table(
-        {
-            "shift_id": [s.shift_id for s in shifts],
-            "source": [s.source for s in shifts],
-            "target": [s.target for s in shifts],
-            "target_reference": [s.target_reference for s in shifts],
-            "label": [s.label for s in shifts],
-            "category": [s.category for s in shifts],
-            "in_genies": [(s.source, s.target) in genies_pairs for s in shifts],
-        }
-    )
+def shift_sets(data_location) -> dict[str, list[Shift]]:
+    """The named shift sets the GENIES table averages over, plus `all` (every other known shift).
+
+    genies (GENIES.json), extreme and probing (extreme/all.json, probing/all.json), all
+    (all.json), each without repeated (source, target) pairs. A set whose file the data folder
+    lacks is empty (its columns then say that no shift of it was covered).
+    """
+    sets = {}
+    for name in (*SET_FLAGS, "all"):
+        try:
+            sets[name] = load_shifts(name, data_location, note_repeats=logging.DEBUG)
+        except ConfigError:
+            sets[name] = []
+    return sets
+
+
+def shifts_table(configured: list[Shift], sets: dict[str, list[Shift]] | None = None) -> pa.Table:
+    """The shift registry (REGISTRY_SCHEMA): configured shifts, then the others of `sets`.
+
+    `shift_index` is the row number. A configured shift keeps its own target reference and
+    label; the membership flags come from `sets` (`shift_sets`) by (source, target) only.
+    """
+    sets = sets or {}
+    members = {
+        flag: {(s.source, s.target) for s in sets.get(name, ())} for name, flag in SET_FLAGS.items()
+    }
+    known: dict[str, tuple[Shift, bool]] = {}
+    for shift in configured:
+        known.setdefault(shift.shift_id, (shift, True))
+    for name in ("genies", "all", "extreme", "probing"):
+        for shift in sets.get(name, ()):
+            known.setdefault(shift.shift_id, (shift, False))
+    rows = []
+    for index, (shift, is_configured) in enumerate(known.values()):
+        row = {"shift_index": index, "shift_id": shift.shift_id, **dataclasses.asdict(shift)}
+        row["configured"] = is_configured
+        for flag, pairs in members.items():
+            row[flag] = (shift.source, shift.target) in pairs
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=REGISTRY_SCHEMA)
+
+
+def configured_rows(table: pa.Table) -> pa.Table:
+    """The rows of a registry table whose shifts the config selects (the cells' shifts)."""
+    return table.filter(table.column("configured"))
 
 
 def datasets_of(shifts: list[Shift]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,6 +19,7 @@ from genies.cells import (
     require_complete,
 )
 from genies.io import write_parquet
+from genies.plan import prediction_path
 from genies.predictions import predictions_table
 from genies.shifts import Shift, shifts_table
 
@@ -26,6 +28,13 @@ SHIFTS = [
     Shift("src_a", "tgt_b", "tgt_b", label="extreme", category="skill"),
     Shift("src_a", "tgt_c", "ref_d", label="probing", category="unwanted_personas"),
 ]
+# The registry's named sets: both shifts are GENIES shifts, and the extreme and probing sets
+# each hold one more shift that the run does not configure (so they are covered half).
+SETS = {
+    "genies": SHIFTS,
+    "extreme": [SHIFTS[0], Shift("tgt_b", "src_a", "src_a")],
+    "probing": [SHIFTS[1], Shift("tgt_c", "src_a", "src_a")],
+}
 # (intervention, train, eval) -> correct flags, in evaluation order. Two pairs per example.
 RESULTS = {
     ("zero_shot", "none", "src_a"): [1, 0, 1, 0],  # 0.5
@@ -36,13 +45,13 @@ RESULTS = {
     ("lora", "src_a", "tgt_c"): [0, 1, 0, 0],  # 0.25
     ("lora", "src_a", "src_a"): [1, 1, 1, 1],  # 1.0
     ("lora", "tgt_b", "tgt_b"): [1, 1, 1, 1, 0, 1],  # 5/6
-    ("lora", "tgt_c", "tgt_c"): [1, 1, 0, 1],  # 0.75
+    ("lora", "tgt_c", "tgt_c"): [1, 1, 0, 1],  # 0.75, read by no cell (ID target is on ref_d)
     ("lora", "ref_d", "ref_d"): [1, 1, 1, 1, 0, 1],  # 5/6
     ("mms", "src_a", "tgt_b"): [1, 0, 1, 0],  # 0.5
     ("mms", "src_a", "tgt_c"): [1, 1, 1, 0],  # 0.75
     ("mms", "src_a", "src_a"): [0, 1, 1, 1],  # 0.75
     ("mms", "tgt_b", "tgt_b"): [1, 0, 1, 1, 0, 1],  # 4/6
-    ("mms", "tgt_c", "tgt_c"): [1, 0, 1, 0],  # 0.5
+    ("mms", "tgt_c", "tgt_c"): [1, 0, 1, 0],  # 0.5, read by no cell
     ("mms", "ref_d", "ref_d"): [1, 1, 1, 1, 1, 1],  # 1.0
 }
 
@@ -95,18 +104,19 @@ def test_cells_hand_computed():
     assert lora1["pairs"] == 4 and lora1["examples"] == 2
     assert lora1["complete"] and lora1["missing"] is None
 
-    # Shift 2: capability from the target reference ref_d, ID target accuracy from tgt_c.
+    # Shift 2: capability and ID target accuracy (the paper's: trained and evaluated on the
+    # target reference) from ref_d; the baseline from the target tgt_c.
     lora2 = cells[("lora", "src_a__tgt_c")]
     assert lora2["target_reference"] == "ref_d" and lora2["label"] == "probing"
     assert lora2["capability"] == pytest.approx(5 / 6)
     assert lora2["baseline_accuracy"] == 0.5
     assert lora2["differential_elicitation"] == pytest.approx(-0.25 / (5 / 6))
-    assert lora2["id_target_accuracy"] == 0.75
+    assert lora2["id_target_accuracy"] == pytest.approx(5 / 6)
 
     mms2 = cells[("mms", "src_a__tgt_c")]
     assert mms2["differential_elicitation"] == pytest.approx(0.25 / (5 / 6))
     assert mms2["source_id_accuracy"] == 0.75
-    assert mms2["id_target_accuracy"] == 0.5
+    assert mms2["id_target_accuracy"] == 1.0  # mms ref_d -> ref_d, not tgt_c's 0.5
     # The capability is the configured capability intervention's, not the intervention's own.
     assert mms2["capability_intervention"] == "lora"
 
@@ -129,6 +139,9 @@ def test_interval_and_calibration_use_the_metrics_on_the_generalization_predicti
     assert (cell["generalization_low"], cell["generalization_high"]) == (low, high)
     assert low <= cell["generalization_accuracy"] <= high
     probs = table.column("prob_preferred").to_numpy()
+    assert cell["rms_calibration_error"] == metrics.rms_calibration_error(
+        probs, "standard", correct
+    )
     assert cell["rms_calibration_error"] == metrics.rms_calibration_error(probs)
     # Only 4 pairs: no bin of the published variant has 20 members, so NaN -> NULL.
     assert cell["rms_calibration_error_genies"] is None
@@ -154,18 +167,20 @@ def test_missing_inputs_name_the_prediction_file_that_produces_them():
     # A new untrained intervention (not in the code's list): recognised by its train = none.
     results[("constant", "none", "tgt_b")] = [1, 1, 0, 0]
     cells = by_key(compute_cells(all_predictions(results), SHIFTS))
+    lora_ref_d = prediction_path("m", "lora", "ref_d", "ref_d")
     lora2 = cells[("lora", "src_a__tgt_c")]
     assert lora2["capability"] is None and lora2["capability_intervention"] is None
     assert lora2["differential_elicitation"] is None and lora2["elicitation"] is None
     assert lora2["generalization_accuracy"] == 0.25  # what can be computed still is
-    assert lora2["missing"] == "capability: results/predictions/m/lora/ref_d/ref_d.parquet"
+    # lora's ref_d predictions are both the capability and lora's ID target accuracy.
+    assert lora2["missing"] == f"capability: {lora_ref_d}; id_target: {lora_ref_d}"
     assert not lora2["complete"]
     assert cells[("lora", "src_a__tgt_b")]["complete"]
 
     mms2 = cells[("mms", "src_a__tgt_c")]
     assert parse_missing(mms2["missing"]) == {
-        "generalization": ["results/predictions/m/mms/src_a/tgt_c.parquet"],
-        "capability": ["results/predictions/m/lora/ref_d/ref_d.parquet"],
+        "generalization": [prediction_path("m", "mms", "src_a", "tgt_c")],
+        "capability": [lora_ref_d],
     }
     assert mms2["generalization_low"] is None and mms2["rms_calibration_error"] is None
 
@@ -173,8 +188,8 @@ def test_missing_inputs_name_the_prediction_file_that_produces_them():
     assert parse_missing(constant["missing"]) == {
         "generalization": ["results/predictions/m/constant/none/tgt_c.parquet"],
         "source_id": ["results/predictions/m/constant/none/src_a.parquet"],
-        "capability": ["results/predictions/m/lora/ref_d/ref_d.parquet"],
-        "id_target": ["results/predictions/m/constant/none/tgt_c.parquet"],
+        "capability": [lora_ref_d],
+        "id_target": ["results/predictions/m/constant/none/ref_d.parquet"],
     }
     constant1 = cells[("constant", "src_a__tgt_b")]
     assert constant1["train"] == "none"
@@ -184,10 +199,8 @@ def test_missing_inputs_name_the_prediction_file_that_produces_them():
         require_complete(mms2)
     message = str(err.value)
     assert "cell (m, mms, src_a__tgt_c) is incomplete" in message
-    assert (
-        "snakemake results/predictions/m/lora/ref_d/ref_d.parquet "
-        "results/predictions/m/mms/src_a/tgt_c.parquet" in message
-    )
+    jobs = sorted([lora_ref_d, prediction_path("m", "mms", "src_a", "tgt_c")])
+    assert "snakemake " + " ".join(jobs) in message
     assert require_complete(cells[("lora", "src_a__tgt_b")])["complete"]
 
 
@@ -217,10 +230,15 @@ def test_empty_predictions_give_no_cells():
         compute_cells(all_predictions(), SHIFTS, capability_interventions=[])
 
 
-def write_example_results(root, results=RESULTS, models=(MODEL,)):
-    """Prediction files + shifts file under `root`, and results.duckdb built from them."""
+def write_example_results(root, results=RESULTS, models=(MODEL,), sets=SETS, shifts=SHIFTS):
+    """Prediction files + shift registry under `root`, and results.duckdb built from them.
+
+    `results` holds every model's predictions, or is a dict model -> results (then `models`
+    is not used).
+    """
+    by_model = results if isinstance(next(iter(results)), str) else dict.fromkeys(models, results)
     files = []
-    for model in models:
+    for model, results in by_model.items():
         for i, ((intervention, train, eval_dataset), correct) in enumerate(results.items()):
             path = (
                 root / f"results/predictions/{model}/{intervention}/{train}/{eval_dataset}.parquet"
@@ -229,7 +247,7 @@ def write_example_results(root, results=RESULTS, models=(MODEL,)):
             write_parquet(table, path, {"job": "predict", "model": model, "seconds": 1.5})
             files.append(path)
     shifts_file = root / "results/shifts.parquet"
-    pq.write_table(shifts_table(SHIFTS), shifts_file)
+    pq.write_table(shifts_table(shifts, sets), shifts_file)
     database = root / "results/results.duckdb"
     stats = build_database(database, shifts_file=shifts_file, data_files=[], prediction_files=files)
     return database, stats
@@ -246,13 +264,21 @@ def query(database, sql):
 def test_database_views(tmp_path):
     database, stats = write_example_results(tmp_path)
     assert stats["cells"] == 6 and stats["prediction_rows"] == 72
-    assert set(stats["seconds"]) == {"read_predictions", "runs", "cells", "write_database"}
+    assert set(stats["seconds"]) == {
+        "read_predictions",
+        "runs",
+        "cells",
+        "significance",
+        "write_database",
+    }
     rows = query(
         database,
-        "select intervention, shifts, complete_shifts, de_shifts, avg_differential_elicitation,"
-        " capable_differential_elicitation, avg_id_target_accuracy,"
-        " extreme_avg_differential_elicitation, probing_avg_differential_elicitation,"
-        " avg_differential_elicitation_se from genies_table where model = 'm'",
+        "select intervention, shifts, complete_shifts, genies_shifts, genies_set_size,"
+        " extreme_shifts, extreme_set_size, probing_shifts, probing_set_size,"
+        " avg_differential_elicitation, capable_differential_elicitation,"
+        " avg_id_target_accuracy, extreme_avg_differential_elicitation,"
+        " probing_avg_differential_elicitation, avg_differential_elicitation_se"
+        " from genies_table where model = 'm'",
     )
     table = {r[0]: r[1:] for r in rows}
     assert list(table) == ["lora", "mms", "zero_shot"]
@@ -260,21 +286,28 @@ def test_database_views(tmp_path):
     de1, de2 = 0.5 / cap, -0.25 / cap
     capable = ((1 - 0.25 / cap) + (1 - 0.5 / cap)) / 2
     lora = table["lora"]
-    assert lora[:3] == (2, 2, 2)
-    assert lora[3:] == pytest.approx(
+    # 2 cells, both complete; both GENIES shifts have DE; 1 of 2 extreme / probing shifts.
+    assert lora[:8] == (2, 2, 2, 2, 1, 2, 1, 2)
+    assert lora[8:] == pytest.approx(
         [
             (de1 + de2) / 2,
             capable,
-            (5 / 6 + 0.75) / 2,
+            5 / 6,  # lora ref_d -> ref_d on both shifts (tgt_b is its own reference)
             de1,
             de2,
             np.std([de1, de2], ddof=1) / 2**0.5,
         ]
     )
     mms = table["mms"]
-    assert mms[3] == pytest.approx((0.25 / cap + 0.25 / cap) / 2)
-    assert mms[6] == pytest.approx(0.25 / cap) and mms[7] == pytest.approx(0.25 / cap)
-    assert table["zero_shot"][3] == 0.0
+    assert mms[8] == pytest.approx((0.25 / cap + 0.25 / cap) / 2)
+    assert mms[10] == pytest.approx((4 / 6 + 1.0) / 2)
+    assert mms[11] == pytest.approx(0.25 / cap) and mms[12] == pytest.approx(0.25 / cap)
+    assert table["zero_shot"][8] == 0.0
+    # Numeric columns, typed as such (the view stays queryable).
+    types = dict(query(database, "select column_name, column_type from (describe genies_table)"))
+    assert types["avg_differential_elicitation"] == "DOUBLE"
+    assert types["avg_differential_elicitation_low"] == "DOUBLE"
+    assert types["extreme_shifts"] == types["genies_set_size"] == "BIGINT"
 
     matrix = query(
         database,
@@ -295,6 +328,65 @@ def test_database_views(tmp_path):
     # The existing view and tables stay.
     assert query(database, "select count(*) from zero_shot_accuracy") == [(4,)]
     assert query(database, "select count(*), sum(seconds) from runs") == [(16, 24.0)]
+    # The registry: configured shifts first, then the sets' other shifts, with their flags.
+    registry = query(
+        database,
+        "select shift_index, shift_id, configured, in_genies, in_extreme_set, in_probing_set"
+        " from shifts order by shift_index",
+    )
+    assert registry == [
+        (0, "src_a__tgt_b", True, True, True, False),
+        (1, "src_a__tgt_c", True, True, False, True),
+        (2, "tgt_b__src_a", False, False, True, False),
+        (3, "tgt_c__src_a", False, False, False, True),
+    ]
+
+
+def test_columns_average_over_their_own_sets_and_models_may_cover_other_shifts(tmp_path):
+    """Membership comes from the sets, not from a shift's label. A second model (as published
+    runs are) has cells on another selection of shifts, including an unconfigured one."""
+    unconfigured = Shift("ref_d", "src_a", "src_a")
+    sets = {
+        # src_a -> tgt_b is labelled extreme but the probing set lists it (as GENIES.json's
+        # alpaca_short -> alpaca_long is labelled); one GENIES shift is not configured.
+        "genies": [*SHIFTS, unconfigured],
+        "extreme": [SHIFTS[1]],
+        "probing": [SHIFTS[0]],
+    }
+    other = {**RESULTS, ("lora", "ref_d", "src_a"): [1, 1, 1, 0]}  # 0.75
+    database, _ = write_example_results(tmp_path, {"m": RESULTS, "o": other}, sets=sets)
+    registry = pq.read_table(tmp_path / "results/shifts.parquet")
+    mine = compute_cells(all_predictions(RESULTS), registry.filter(registry["configured"]))
+    wanted = pa.array(["src_a__tgt_b", "ref_d__src_a"])
+    predictions = all_predictions(other)
+    theirs = compute_cells(
+        predictions.set_column(0, "model", pa.array(["o"] * predictions.num_rows)),
+        registry.filter(pc.is_in(registry["shift_id"], wanted)),
+    )
+    build_database(
+        database,
+        shifts_file=tmp_path / "results/shifts.parquet",
+        data_files=[],
+        prediction_files=[],
+        extra_tables={"cells": pa.concat_tables([mine, theirs])},
+    )
+    columns = (
+        "genies_shifts, genies_set_size, avg_differential_elicitation, extreme_shifts,"
+        " extreme_avg_differential_elicitation, probing_shifts,"
+        " probing_avg_differential_elicitation"
+    )
+    sql = f"select {columns} from genies_table where intervention = 'lora' and model = "
+    cap = 5 / 6
+    de1, de2 = 0.5 / cap, -0.25 / cap
+    m = query(database, sql + "'m'")[0]
+    assert m[:2] == (2, 3) and m[3] == 1 and m[5] == 1
+    assert [m[2], m[4], m[6]] == pytest.approx([(de1 + de2) / 2, de2, de1])
+    o = query(database, sql + "'o'")[0]
+    # Shift 0 and the unconfigured GENIES shift: (0.75 - 0.5) / 1.0 there.
+    assert o[:2] == (2, 3) and o[2] == pytest.approx((de1 + 0.25) / 2)
+    assert o[3:] == (0, None, 1, pytest.approx(de1))
+    shift_ids = query(database, "select shift_index, shift_id from cells where model = 'o'")
+    assert sorted(set(shift_ids)) == [(0, "src_a__tgt_b"), (2, "ref_d__src_a")]
 
 
 def test_cells_pick_up_new_interventions_and_load_cell(tmp_path):
@@ -389,3 +481,27 @@ def test_published_llama30b_differential_elicitation_is_reproduced():
     best = [line.split()[6] for line in LLAMA30B.strip().splitlines()]
     mms = cells[cells["intervention"] == "mms"].sort_values("shift_index")
     assert mms["capability_intervention"].tolist() == best
+
+
+def test_skipped_pairs_are_left_out_and_counted_with_cut_ones():
+    """A pair the context policy skipped has no probability: every number of the cell leaves
+    it out, and the cell counts it, as it counts pairs scored with a cut prompt."""
+    results = dict(RESULTS)
+    key = ("lora", "src_a", "tgt_b")
+    table = group_table(*key, results.pop(key))  # [1, 1, 1, 0]: 0.75
+    prob = table.column("prob_preferred").to_numpy().copy()
+    prob[3] = np.nan  # the last pair did not fit
+    skipped = np.array([False, False, False, True])
+    cut = np.array([0, 7, 0, 0], np.int32)
+    columns = {"prob_preferred": pa.array(prob), "skipped": pa.array(skipped)}
+    columns["correct"] = pa.array([True, True, True, False])
+    columns["prompt_tokens_cut"] = pa.array(cut)
+    for name, values in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, values)
+    predictions = pa.concat_tables([all_predictions(results), table])
+    cell = by_key(compute_cells(predictions, SHIFTS))[("lora", "src_a__tgt_b")]
+    assert cell["generalization_accuracy"] == 1.0  # 3 of the 3 scored pairs
+    assert (cell["pairs"], cell["pairs_skipped"], cell["pairs_cut"]) == (3, 1, 1)
+    assert np.isfinite(cell["rms_calibration_error"])
+    other = by_key(compute_cells(all_predictions(), SHIFTS))[("lora", "src_a__tgt_b")]
+    assert (other["pairs_skipped"], other["pairs_cut"]) == (0, 0)

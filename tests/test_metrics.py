@@ -228,6 +228,40 @@ def test_rms_standard_empty_raises():
         rms_calibration_error([])
 
 
+def test_rms_standard_outcomes_make_the_random_baseline_calibrated():
+    # Random: p = 0.5 everywhere, decided by a fair coin. With its decisions as outcomes the
+    # one bin has confidence 0.5 and accuracy = the coin's hit rate, so RMS = |0.5 - rate|.
+    coin = np.random.default_rng(3).random(10_000) < 0.5
+    p = np.full(coin.size, 0.5)
+    assert rms_calibration_error(p, outcomes=coin) == pytest.approx(abs(0.5 - coin.mean()))
+    assert rms_calibration_error(p, outcomes=coin) < 0.01
+    # Without them every tie is a loss: the 0.50 the published table does not have.
+    assert rms_calibration_error(p) == pytest.approx(0.5)
+    # Hand case: 3 of 4 coins right -> |0.5 - 0.75|.
+    assert rms_calibration_error([0.5] * 4, outcomes=[1, 1, 0, 1]) == pytest.approx(0.25)
+
+
+def test_rms_standard_outcomes_agree_with_the_default_when_decisions_follow_p():
+    p = np.random.default_rng(5).uniform(0.0, 1.0, 1000)
+    p[:10] = 0.5  # ties, which are losses under both
+    for method_outcomes in (p > 0.5, (p > 0.5).astype(int), list(p > 0.5)):
+        assert rms_calibration_error(p, outcomes=method_outcomes) == rms_calibration_error(p)
+    # The hand case above, with its p > 0.5 outcomes spelled out.
+    hand = [0.55, 0.45, 0.95, 0.05, 0.92, 0.98]
+    assert rms_calibration_error(hand, "standard", [1, 0, 1, 0, 1, 1]) == pytest.approx(
+        math.sqrt(0.0275)
+    )
+
+
+def test_rms_outcomes_checks():
+    with pytest.raises(ValueError, match="one entry per probability"):
+        rms_calibration_error([0.6, 0.7], outcomes=[1])
+    with pytest.raises(ValueError, match="outcomes must contain only"):
+        rms_calibration_error([0.6], outcomes=[0.5])
+    with pytest.raises(ValueError, match='method="standard" only'):
+        rms_calibration_error([0.6] * 30, method="genies", outcomes=[1] * 30)
+
+
 # ------------------------------------------------------------------------------------------
 # rms_calibration_error: genies (published variant)
 # ------------------------------------------------------------------------------------------

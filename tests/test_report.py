@@ -13,7 +13,7 @@ from genies.report import (
     write_reports,
 )
 
-from .test_cells import RESULTS, write_example_results
+from .test_cells import RESULTS, query, write_example_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,6 +41,8 @@ def test_genies_table_csv_and_markdown(reports):
     assert set(table["model"]) == {"m"}
     for column in (
         "avg_differential_elicitation",
+        "avg_differential_elicitation_low",
+        "avg_differential_elicitation_high",
         "avg_differential_elicitation_se",
         "capable_differential_elicitation",
         "avg_rms_calibration_error",
@@ -51,19 +53,51 @@ def test_genies_table_csv_and_markdown(reports):
         "complete_shifts",
     ):
         assert column in table.columns
+    assert pd.api.types.is_float_dtype(table["avg_differential_elicitation"])
     lora = table.set_index("intervention").loc["lora"]
     assert lora["avg_differential_elicitation"] == pytest.approx((0.5 - 0.25) / 2 / (5 / 6))
+    assert lora["avg_differential_elicitation_low"] <= lora["avg_differential_elicitation_high"]
+    # The extreme and probing sets have one configured shift of two each.
+    assert (lora["extreme_shifts"], lora["extreme_set_size"]) == (1, 2)
+    assert lora["partial"] == (
+        "extreme_avg_differential_elicitation (1/2); probing_avg_differential_elicitation (1/2)"
+    )
     mms = table.set_index("intervention").loc["mms"]
-    assert (mms["shifts"], mms["complete_shifts"], mms["de_shifts"]) == (2, 1, 1)
+    assert (mms["shifts"], mms["complete_shifts"], mms["genies_shifts"]) == (2, 1, 1)
     # One shift with DE: no standard error, the genies RMS variant is NULL for 4 pairs.
     assert pd.isna(mms["avg_differential_elicitation_se"])
+    assert mms["partial"].startswith("avg_differential_elicitation (1/2); ")
 
     text = open(paths["table_md"]).read()
     assert text.startswith("# GENIES table: m\n")
-    assert "| intervention | avg DE | DE s.e. | capable DE |" in text
-    assert "| lora | 0.1500 |" in text
+    assert "| intervention | avg DE | avg DE 95% interval | capable DE |" in text
+    low, high = lora["avg_differential_elicitation_low"], lora["avg_differential_elicitation_high"]
+    # lora covers the GENIES set (a plain number), half of the extreme and probing sets.
+    assert f"| lora | 0.1500 | [{low:.4f}, {high:.4f}] | 0.5500 |" in text
+    assert "| 0.6000 (1/2) | -0.3000 (1/2) |" in text
+    assert "| mms | 0.3000 (1/2) |" in text
+    assert "a partial mean, not the paper's column" in text
+    assert "GENIES set (2 shifts), extreme set (2), probing set (2)" in text
     assert "## Incomplete cells" in text
     assert "generalization: results/predictions/m/mms/src_a/tgt_c.parquet" in text
+
+
+def test_comparisons_markdown(reports):
+    database, paths = reports
+    text = open(paths["comparisons_md"]).read()
+    assert text.startswith("# Paired comparisons: m\n")
+    assert "| intervention | other | shifts | avg DE | other's avg DE | difference |" in text
+    (row,) = query(
+        database,
+        "select difference, difference_low, difference_high, ahead_share from comparisons"
+        " where model = 'm' and intervention = 'lora' and other = 'zero_shot'",
+    )
+    difference, low, high, ahead = row
+    assert f"| lora | zero_shot | 2 | 0.1500 | 0.0000 | {difference:.4f} | " in text
+    assert f"[{low:.4f}, {high:.4f}] | {ahead:.4f} |" in text
+    # Each pair once, the one ahead first.
+    assert "| zero_shot | lora |" not in text
+    assert len([line for line in text.splitlines() if line.startswith("| ")]) == 1 + 3
 
 
 def test_shift_matrix_is_pivoted_with_baseline_first(reports):

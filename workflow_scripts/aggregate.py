@@ -12,4 +12,5 @@ build_database(
     run_files=list(snakemake.input.forward),
     capability_interventions=snakemake.params.capability_interventions,
     seed=snakemake.params.seed,
+    published_files=list(snakemake.input.published),
 )
