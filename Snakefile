@@ -18,6 +18,7 @@ include: "rules/forward.smk"
 include: "rules/fit.smk"
 include: "rules/tune.smk"
 include: "rules/predict.smk"
+include: "rules/external.smk"
 include: "rules/aggregate.smk"
 
 

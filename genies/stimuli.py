@@ -8,7 +8,10 @@
   prompt, response and question are computed once for the pair of answers. Upstream's CCS
   copy wrote "###Does" without a space in one template; both answers use the spaced form.
 
-Each stimulus is expressed as (prefix, continuations) units for the prefix-reuse scorer.
+Each stimulus is expressed as (prefix, continuations) units for the prefix-reuse scorer. A
+prefix is the dataset's prompt (the user's turn when the model reads chat templates,
+`genies.chat`) followed by the stimulus's own text before the scored tokens (the start of the
+assistant's turn): `stimulus_turns` keeps the two apart for `genies.scoring.tokenize_examples`.
 """
 
 from __future__ import annotations
@@ -27,16 +30,21 @@ def stimulus_units(stimulus: str, prompts: list[str], responses: list[list[str]]
     `yesno` has one unit per (example, response), continued by the two answers, so its
     rows are ordered example, response, answer.
     """
+    prompts, starts, continuations, append_eos = stimulus_turns(stimulus, prompts, responses)
+    return [p + s for p, s in zip(prompts, starts, strict=True)], continuations, append_eos
+
+
+def stimulus_turns(stimulus: str, prompts: list[str], responses: list[list[str]]):
+    """(prompts, assistant_starts, continuations, append_eos): `stimulus_units` with each
+    prefix split into the dataset's prompt and the stimulus text that follows it."""
     if stimulus == "plain":
-        return list(prompts), [list(r) for r in responses], True
+        return list(prompts), [""] * len(prompts), [list(r) for r in responses], True
     if stimulus == "lat2":
         wrapped = [[f"{LAT2_BEFORE}{r}{LAT2_AFTER}" for r in rs] for rs in responses]
-        return list(prompts), wrapped, False
+        return list(prompts), [""] * len(prompts), wrapped, False
     if stimulus == "yesno":
-        prefixes = [
-            f"{p}{r}{CONTRAST_QUESTION}"
-            for p, rs in zip(prompts, responses, strict=True)
-            for r in rs
-        ]
-        return prefixes, [list(CONTRAST_ANSWERS)] * len(prefixes), False
+        units = [(p, f"{r}{CONTRAST_QUESTION}") for p, rs in zip(prompts, responses, strict=True)
+                 for r in rs]  # fmt: skip
+        answers = [list(CONTRAST_ANSWERS)] * len(units)
+        return [p for p, _ in units], [s for _, s in units], answers, False
     raise ValueError(f"unknown stimulus {stimulus!r}; use one of {STIMULI}")

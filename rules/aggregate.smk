@@ -1,10 +1,16 @@
+from genies import published
 from genies.plan import REPORT_TEMPLATES
+
+# The paper's published runs (config key `published`), converted once into results/published/.
+PUBLISHED = published.configured_folder(config.get("published"))
+PUBLISHED_FILES = list(published.OUTPUTS.values()) if PUBLISHED else []
 
 
 localrules:
     aggregate,
     cell,
     report_tables,
+    viewer,
     genies_table,
 
 
@@ -14,6 +20,7 @@ rule aggregate:
         data=plan.data_files(),
         forward=plan.forward_files(),
         predictions=plan.prediction_files(),
+        published=PUBLISHED_FILES,
     output:
         "results/results.duckdb",
     log:
@@ -43,6 +50,53 @@ rule report_tables:
         "../workflow_scripts/report_tables.py"
 
 
+# The per-example viewer: index.html and one data script per shift, opened from disk. A folder
+# in the report needs `snakemake --report report.zip` (an .html report cannot hold folders).
+rule viewer:
+    input:
+        database="results/results.duckdb",
+        data=plan.data_files(),
+    output:
+        report(
+            directory("results/viewer/{model}"),
+            htmlindex="index.html",
+            caption="../report/viewer.rst",
+            category="Per-example viewer",
+            subcategory="{model}",
+        ),
+    log:
+        "results/logs/viewer/{model}.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/viewer.py"
+
+
+if PUBLISHED:
+
+    localrules:
+        import_published,
+
+    # Matches the published pairs to the test splits of the raw data (all datasets, whatever
+    # the config selects): seconds, on the submit host.
+    rule import_published:
+        input:
+            published=PUBLISHED,
+            data=lambda w: sorted(
+                {plan.raw_input(d, "test") for d in plan.available_datasets}
+            ),
+        output:
+            **published.OUTPUTS,
+        log:
+            "results/logs/import_published.log",
+        conda:
+            ENV
+        params:
+            data_dir=str(plan.data_location),
+        script:
+            "../workflow_scripts/import_published.py"
+
+
 # The prediction files are listed here too so that a deleted one is rebuilt (Snakemake does
 # not regenerate a missing intermediate file while the database built from it is current).
 rule genies_table:
@@ -50,6 +104,7 @@ rule genies_table:
         "results/results.duckdb",
         plan.prediction_files(),
         expand(list(REPORT_TEMPLATES.values()), model=plan.models),
+        expand("results/viewer/{model}", model=plan.models),
 
 
 # One cell, rebuilt from only its own inputs: snakemake results/cells/<model>/<intervention>/<shift>.json

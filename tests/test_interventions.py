@@ -12,8 +12,14 @@ from .workflow import REPO
 
 
 def test_schema_lists_exactly_the_registry():
-    names = load_schema()["properties"]["interventions"]["propertyNames"]["enum"]
-    assert names == list(registry.REGISTRY)
+    schema = load_schema()
+    names = schema["properties"]["interventions"]["properties"]
+    assert list(names) == list(registry.REGISTRY)
+    # any other name is a reward model of the user's own, of a kind the registry makes rows of
+    own = schema["$defs"]["own_reward_model"]
+    assert own["properties"]["kind"]["enum"] == list(registry.CONFIG_FAMILIES)
+    kinds = [branch["if"]["properties"]["kind"]["const"] for branch in own["allOf"]]
+    assert kinds == list(registry.CONFIG_FAMILIES)
 
 
 def test_family_modules_derive_their_methods_from_the_registry():
@@ -36,8 +42,9 @@ def test_family_modules_derive_their_methods_from_the_registry():
 def test_every_family_names_rules_that_exist():
     rule_text = "\n".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
     defined = set(re.findall(r"^rule (\w+):", rule_text, flags=re.M))
-    for entry in registry.REGISTRY.values():
-        assert set(entry.rules) <= defined, (entry.name, entry.rules)
+    for family, rules in registry.FAMILY_RULES.items():
+        assert set(rules) <= defined, (family, rules)
+    assert set(registry.CONFIG_FAMILIES) <= set(registry.FAMILY_RULES)
 
 
 def test_probe_rows_say_what_they_read_and_others_do_not():
@@ -47,6 +54,32 @@ def test_probe_rows_say_what_they_read_and_others_do_not():
             assert None not in fields
         else:
             assert fields == (None, None, None)
+
+
+def test_config_entries_of_a_kind_become_untrained_rows():
+    config = {
+        "models": {"base": {}, "rm": {}, "policy": {}},
+        "run_models": ["base"],
+        "interventions": {
+            "zero_shot": {},
+            "mine": {"kind": "reward_model", "model": "rm"},
+            "my_dpo": {"kind": "dpo", "policy": "policy", "reference": "base", "beta": 0.5},
+        },
+    }
+    rows = registry.configured(config)
+    assert list(rows) == ["zero_shot", "mine", "my_dpo"]
+    assert rows["zero_shot"] is registry.REGISTRY["zero_shot"]
+    mine, dpo = rows["mine"], rows["my_dpo"]
+    assert (mine.family, mine.trains, mine.base, mine.reads) == (
+        "reward_model",
+        False,
+        "base",
+        ("rm",),
+    )
+    assert (dpo.family, dpo.base, dpo.reads) == ("dpo", "base", ("policy", "base"))
+    assert dpo.defaults["beta"] == 0.1 and dpo.rules == ("forward", "predict_dpo")
+    # built-in names stay the registry's; the user's are not in it
+    assert "mine" not in registry.REGISTRY and registry.untrained() == ("zero_shot", "random")
 
 
 def test_unknown_names_are_reported_with_the_known_ones():

@@ -1,0 +1,17 @@
+"""Snakemake entry point: a sequence-classification reward model's rewards of one dataset."""
+
+from genies.external import write_reward_scores
+from genies.jobs import log_file_of, setup_logging
+
+setup_logging(log_file_of(snakemake))
+write_reward_scores(
+    data_file=snakemake.input.data,
+    model_dir=snakemake.input.model,
+    out_path=snakemake.output[0],
+    model_name=snakemake.wildcards.model,
+    dataset=snakemake.wildcards.dataset,
+    limit=snakemake.params.limit,
+    scoring=snakemake.params.scoring,
+    context_policy=snakemake.params.context_policy,
+    threads=snakemake.threads,
+)
