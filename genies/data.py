@@ -25,6 +25,9 @@ from .raw import RawData, split_path
 log = logging.getLogger(__name__)
 
 DROPPED_FIELDS = {"prompt", "responses", "prompt_format"}
+# Examples longer than this (prompt + longest response, characters) are warned about; the
+# config key `long_example_chars` overrides it.
+LONG_EXAMPLE_CHARS = 20_000
 
 EXAMPLE_SCHEMA = pa.schema(
     [
@@ -62,10 +65,18 @@ def validate_examples(records, where: str) -> list[dict]:
         if not isinstance(rec["prompt"], str):
             raise DataError(where, "must be a string", record=i, field="prompt")
         responses = rec["responses"]
-        if not isinstance(responses, dict) or len(responses) < 2:
+        if not isinstance(responses, dict):
             raise DataError(
                 where,
-                "must be an object mapping at least two response texts to scores",
+                f"must be an object mapping response texts to scores, found "
+                f"{type(responses).__name__}",
+                record=i,
+                field="responses",
+            )
+        if len(responses) < 2:
+            raise DataError(
+                where,
+                f"has {len(responses)} response(s); a pair needs at least 2",
                 record=i,
                 field="responses",
             )
@@ -78,21 +89,21 @@ def validate_examples(records, where: str) -> list[dict]:
                     field="responses",
                 )
         scores = list(responses.values())
-        n_best = sum(s == 1 for s in scores)
-        if n_best != 1:
-            raise DataError(
-                where,
-                f"exactly one response must score 1.0, found {n_best}",
-                record=i,
-                field="responses",
-            )
-        if not any(s == 0 for s in scores):
-            raise DataError(where, "no response scores 0.0", record=i, field="responses")
+        # Scores are checked for their values first: with only 1.0 and 0.0 left, exactly one
+        # 1.0 among at least two responses implies a 0.0, so no separate check is needed.
         others = [s for s in scores if s not in (0, 1)]
         if others:
             raise DataError(
                 where,
                 f"scores must be 1.0 (preferred) or 0.0 (dispreferred), found {others[0]!r}",
+                record=i,
+                field="responses",
+            )
+        n_best = sum(s == 1 for s in scores)
+        if n_best != 1:
+            raise DataError(
+                where,
+                f"exactly one response must score 1.0, found {n_best}",
                 record=i,
                 field="responses",
             )
@@ -136,8 +147,16 @@ def examples_table(dataset: str, split: str, records: list[dict]) -> pa.Table:
     return pa.table(rows, schema=EXAMPLE_SCHEMA)
 
 
-def defect_warnings(table: pa.Table, train_table: pa.Table | None = None) -> list[str]:
-    """Known GENIES data defects (genies-spec.md 1.5), as human-readable warnings."""
+def defect_warnings(
+    table: pa.Table,
+    train_table: pa.Table | None = None,
+    long_example_chars: int | None = LONG_EXAMPLE_CHARS,
+) -> list[str]:
+    """Known GENIES data defects (genies-spec.md 1.5), as human-readable warnings.
+
+    Also examples whose prompt plus longest response exceed `long_example_chars` characters
+    (None: no check): they may not fit a model's context (`genies.context`).
+    """
     warnings = []
     n = table.num_rows
     prompts = Counter(table.column("prompt").to_pylist())
@@ -155,7 +174,26 @@ def defect_warnings(table: pa.Table, train_table: pa.Table | None = None) -> lis
         leaked = sum(1 for f in table.column("fingerprint").to_pylist() if f in train_prints)
         if leaked:
             warnings.append(f"{leaked} examples also appear in train (train/test overlap)")
+    if long_example_chars is not None:
+        warnings += _long_example_warnings(table, long_example_chars)
     return warnings
+
+
+def _long_example_warnings(table: pa.Table, limit: int) -> list[str]:
+    cols = table.select(["example_id", "prompt", "responses"]).to_pydict()
+    lengths = [
+        len(p) + max(map(len, rs), default=0)
+        for p, rs in zip(cols["prompt"], cols["responses"], strict=True)
+    ]
+    long = [i for i, n in enumerate(lengths) if n > limit]
+    if not long:
+        return []
+    worst = max(long, key=lengths.__getitem__)
+    return [
+        f"{len(long)} examples are longer than {limit} characters (prompt + longest response; "
+        f"the longest, {cols['example_id'][worst]}, has {lengths[worst]}): a model whose "
+        f"context they exceed cuts their prompts or skips them (context_policy)"
+    ]
 
 
 def load_split(raw: RawData, dataset: str, split: str) -> pa.Table:
@@ -164,13 +202,19 @@ def load_split(raw: RawData, dataset: str, split: str) -> pa.Table:
     return examples_table(dataset, split, records)
 
 
-def materialise(raw_location, dataset: str, split: str, out_path) -> list[str]:
+def materialise(
+    raw_location,
+    dataset: str,
+    split: str,
+    out_path,
+    long_example_chars: int | None = LONG_EXAMPLE_CHARS,
+) -> list[str]:
     """Validate one split and write it as Parquet; return the data-defect warnings."""
     run = RunRecord("materialise", dataset=dataset, split=split, source=str(raw_location))
     raw = RawData(raw_location)
     table = load_split(raw, dataset, split)
     train = load_split(raw, dataset, "train") if split == "test" else None
-    warnings = defect_warnings(table, train)
+    warnings = defect_warnings(table, train, long_example_chars)
     for w in warnings:
         log.warning("data defect in %s/%s: %s", dataset, split, w)
     write_parquet(table, out_path, run.finish(n_examples=table.num_rows, warnings=warnings))

@@ -1,6 +1,7 @@
 import json
 import logging
 import tarfile
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -10,19 +11,14 @@ from genies.errors import DataError
 from genies.io import read_provenance
 from genies.raw import RawData
 
-from .fixtures import make_examples, make_genies_folder
+from .fixtures import make_examples
 
 
-@pytest.fixture
-def folder(tmp_path):
-    return make_genies_folder(tmp_path / "genies")
-
-
-def test_materialise_roundtrip(folder, tmp_path):
+def test_materialise_roundtrip(genies_folder, tmp_path):
     out = tmp_path / "out" / "tgt_b" / "test.parquet"
-    materialise(folder, "tgt_b", "test", out)
+    materialise(genies_folder, "tgt_b", "test", out)
     table = pq.read_table(out)
-    raw = json.loads((folder / "distributions/tgt_b/test.json").read_text())
+    raw = json.loads((genies_folder / "distributions/tgt_b/test.json").read_text())
     assert table.num_rows == len(raw)
     row = table.slice(0, 1).to_pylist()[0]
     assert row["example_id"] == "tgt_b/test/00000"
@@ -35,24 +31,24 @@ def test_materialise_roundtrip(folder, tmp_path):
     assert read_provenance(out)["dataset"] == "tgt_b"
 
 
-def test_leftovers_are_ignored(folder):
-    raw = RawData(folder)
+def test_leftovers_are_ignored(genies_folder):
+    raw = RawData(genies_folder)
     assert raw.datasets() == ["ref_d", "src_a", "tgt_b", "tgt_c"]
 
 
-def test_archive_equals_folder(folder, tmp_path):
+def test_archive_equals_folder(genies_folder, tmp_path):
     tar_path = tmp_path / "genies-datasets.tar"
     with tarfile.open(tar_path, "w") as tar:
-        tar.add(folder, arcname="genies-datasets")
+        tar.add(genies_folder, arcname="genies-datasets")
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
-    materialise(folder, "src_a", "train", a)
+    materialise(genies_folder, "src_a", "train", a)
     materialise(tar_path, "src_a", "train", b)
     assert pq.read_table(a).equals(pq.read_table(b))
-    assert RawData(tar_path).datasets() == RawData(folder).datasets()
+    assert RawData(tar_path).datasets() == RawData(genies_folder).datasets()
 
 
-def _write(folder, records, name="bad", split="train"):
-    d = folder / "distributions" / name
+def _write(root, records, name="bad", split="train"):
+    d = root / "distributions" / name
     d.mkdir(parents=True, exist_ok=True)
     payload = records if isinstance(records, str) else json.dumps(records)
     (d / f"{split}.json").write_text(payload)
@@ -83,13 +79,30 @@ def _bad_cases():
     bool_score[1]["responses"] = {"a": True, "b": 0.0}
     mixed = good()
     mixed[2]["responses"] = {"a": 1.0, "b": 0.0, "c": 0.0}
+    half_score = good(k=3)
+    half_score[1]["responses"] = {"a": 1, "b": 0, "c": 0.5}
+    not_object = good()
+    not_object[1] = ["prompt", "responses"]
+    prompt_not_string = good()
+    prompt_not_string[2]["prompt"] = ["### Instruction:", "x"]
+    one_response = good()
+    one_response[1]["responses"] = {"a": 1.0}
+    responses_list = good()
+    responses_list[0]["responses"] = ["a", "b"]
     return [
         ('[{"prompt": "x", ', None, None, "malformed JSON"),
+        ({"prompt": "x", "responses": {"a": 1.0, "b": 0.0}}, None, None, "found dict"),
+        ([], None, None, "contains no examples"),
+        (not_object, 1, None, "expected an object, found list"),
         (missing_prompt, 1, "prompt", "missing"),
+        (prompt_not_string, 2, "prompt", "must be a string"),
         (missing_responses, 2, "responses", "missing"),
+        (responses_list, 0, "responses", "must be an object mapping response texts to scores"),
+        (one_response, 1, "responses", "has 1 response(s); a pair needs at least 2"),
         (two_best, 1, "responses", "exactly one response must score 1.0, found 2"),
         (no_best, 0, "responses", "exactly one response must score 1.0, found 0"),
-        (no_worst, 2, "responses", "no response scores 0.0"),
+        (no_worst, 2, "responses", "must be 1.0 (preferred) or 0.0 (dispreferred), found 0.5"),
+        (half_score, 1, "responses", "must be 1.0 (preferred) or 0.0 (dispreferred), found 0.5"),
         (text_score, 1, "responses", "not a number"),
         (bool_score, 1, "responses", "not a number"),
         (mixed, 2, "responses", "has 3 responses but record 0 has 2"),
@@ -97,43 +110,47 @@ def _bad_cases():
 
 
 @pytest.mark.parametrize("records,record,field,message", _bad_cases())
-def test_bad_input_names_file_record_field(folder, tmp_path, records, record, field, message):
-    path = _write(folder, records)
+def test_bad_input_names_file_record_field(
+    genies_folder, tmp_path, records, record, field, message
+):
+    path = _write(genies_folder, records)
     out = tmp_path / "out" / "bad.parquet"
     with pytest.raises(DataError) as err:
-        materialise(folder, "bad", "train", out)
+        materialise(genies_folder, "bad", "train", out)
     text = str(err.value)
     assert str(path) in text and message in text
     assert err.value.record == record and err.value.field == field
     if record is not None:
-        assert f"record {record}" in text and f"field '{field}'" in text
+        assert f"record {record}" in text
+    if field is not None:
+        assert f"field '{field}'" in text
     assert not out.exists()
     assert list(out.parent.glob("*")) == [] if out.parent.exists() else True
 
 
-def test_bad_test_split_also_checked(folder, tmp_path):
+def test_bad_test_split_also_checked(genies_folder, tmp_path):
     records = good()
     del records[0]["prompt"]
-    _write(folder, records, split="test")
+    _write(genies_folder, records, split="test")
     with pytest.raises(DataError, match="test.json, record 0, field 'prompt'"):
-        materialise(folder, "bad", "test", tmp_path / "x.parquet")
+        materialise(genies_folder, "bad", "test", tmp_path / "x.parquet")
 
 
-def test_defect_warnings(folder, tmp_path, caplog):
+def test_defect_warnings(genies_folder, tmp_path, caplog):
     same = make_examples(4, 2, 3)
     for ex in same:
         ex["prompt"] = "identical"
     train = make_examples(4, 2, 5)
     test = [train[0], train[0], *make_examples(2, 2, 6)]
-    d = folder / "distributions" / "defects"
+    d = genies_folder / "distributions" / "defects"
     d.mkdir()
     (d / "train.json").write_text(json.dumps(same))
     (d / "test.json").write_text(json.dumps(test))
     with caplog.at_level(logging.WARNING):
-        w_train = materialise(folder, "defects", "train", tmp_path / "tr.parquet")
+        w_train = materialise(genies_folder, "defects", "train", tmp_path / "tr.parquet")
     assert w_train == ["all 4 prompts are the same string"]
     (d / "train.json").write_text(json.dumps(train))
-    w_test = materialise(folder, "defects", "test", tmp_path / "te.parquet")
+    w_test = materialise(genies_folder, "defects", "test", tmp_path / "te.parquet")
     assert "1 duplicate examples (identical prompt and responses)" in w_test
     assert "2 examples also appear in train (train/test overlap)" in w_test
     assert "data defect in defects/train" in caplog.text
@@ -145,15 +162,15 @@ def test_missing_location_is_clear(tmp_path):
         RawData(tmp_path / "nowhere")
 
 
-@pytest.mark.skipif(
-    not (__import__("pathlib").Path(__file__).parent.parent.parent / "shared/genies-data").exists(),
-    reason="real GENIES data not beside the project",
-)
+REAL = Path(__file__).resolve().parent.parent.parent / "shared/genies-data"
+
+
+@pytest.mark.skipif(not REAL.exists(), reason="real GENIES data not beside the project")
 def test_real_data_counts():
     """All 66 real datasets validate with genies-spec.md 1.4's counts."""
     from genies.data import load_split
 
-    raw = RawData(__import__("pathlib").Path(__file__).parent.parent.parent / "shared/genies-data")
+    raw = RawData(REAL)
     names = raw.datasets()
     assert len(names) == 66
     totals = {s: sum(load_split(raw, n, s).num_rows for n in names) for s in ("train", "test")}

@@ -9,4 +9,5 @@ materialise(
     snakemake.wildcards.dataset,
     snakemake.wildcards.split,
     snakemake.output[0],
+    long_example_chars=snakemake.params.long_example_chars,
 )
