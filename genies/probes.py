@@ -32,9 +32,11 @@ Mechanism (mean-difference methods):
    texts of the TRAIN pairs. (Upstream used train + val; here the val pairs stay unseen
    because the calibrator is fitted on them.)
 3. Selection: per unit an L2 logistic probe (sklearn's objective, C = `probe_c`, solved
-   exactly and deterministically by `calibration.fit_logistic`) on the train texts; units
-   ranked by val-text accuracy, ties by val log-loss then unit index; the top `n_units` are
-   kept (the paper says 48 heads / 16 layers, the published code used 16 for all).
+   exactly and deterministically by `calibration.fit_logistic`: float32 Newton steps, float64
+   gradient and stopping test; `probe_precision: float64` computes all of it in float64) on
+   the train texts; units ranked by val-text accuracy, ties by val log-loss then unit index;
+   the top `n_units` are kept (the paper says 48 heads / 16 layers, the published code used
+   16 for all).
 4. Pair score s(a, b) = mean over selected units of cos(f(a)_u - f(b)_u, direction_u),
    antisymmetric: s(b, a) == -s(a, b) exactly.
 5. Calibration (paper appendix D) on the source VAL pairs: p = sigmoid(w * s), no intercept,
@@ -44,10 +46,13 @@ Mechanism (mean-difference methods):
 CCS: the unsupervised probe of `genies.ccs` on the train texts' Yes/No features at one layer
 (`layer`, default -1 = the last stored layer, i.e. the input of the last decoder layer:
 upstream read the final post-norm state, which is not cached). Features are centred per set
-(Yes / No) with the mean over all n * k texts of the dataset being read (`centre: eval`, as
-upstream; uses no labels) or of the source (`centre: source`). Its orientation is chosen on
-the SOURCE train pairs (flip when the preferred text gets the lower credence more often than
-the higher), never with target labels. Pair score = orientation * (c(a) - c(b)) with
+(Yes / No). By default (`centre: source`) with the means over all n * k texts of the SOURCE
+train split, stored with the probe, so a text's score depends on that text alone (the
+paper's rule that examples are evaluated one at a time). `centre: eval` re-centres on the
+means over all texts of the dataset being scored, as the published code did: it uses no
+labels, but every score then depends on the rest of the evaluation set. The orientation is
+chosen on the SOURCE train pairs (flip when the preferred text gets the lower credence more
+often than the higher), never with target labels. Pair score = orientation * (c(a) - c(b)) with
 c = 0.5 * (p(Yes) + 1 - p(No)); calibrated like the others.
 
 Seeds: everything derives from the config seed through `derive_seed` (sha256 of the seed and
@@ -59,6 +64,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +76,7 @@ from safetensors.numpy import load_file, save_file
 
 from . import ccs as ccs_probe
 from . import interventions as registry
-from .calibration import calibrated_probability, fit_logistic, fit_pair_calibration
+from .calibration import PRECISIONS, calibrated_probability, fit_logistic, fit_pair_calibration
 from .data import read_examples
 from .io import RunRecord, atomic_path, write_json, write_parquet
 from .predictions import expand_pairs, predictions_table
@@ -95,14 +101,18 @@ CONTRAST = ("yes", "no")  # the readings of a yesno row pair, in row order
 
 COMMON_DEFAULTS = {"train_fraction": 0.7, "calibration_l2": 1.0}
 RULE_DEFAULTS = {
-    "mean_difference": {"n_units": 16, "probe_c": 1.0, "probe_max_iter": 100},
+    "mean_difference": {
+        "n_units": 16,
+        "probe_c": 1.0,
+        "probe_max_iter": 100,
+        "probe_precision": "mixed",
+    },
     "ccs": {
-        "layer": -1,
         "restarts": 10,
         "epochs": 1000,
         "lr": 1e-3,
         "weight_decay": 0.01,
-        "centre": "eval",
+        "centre": "source",
     },
 }
 
@@ -122,8 +132,10 @@ def method_params(method: str, params: Mapping | None = None) -> dict:
     out.update(params or {})
     if not 0 < out["train_fraction"] < 1:
         raise ValueError(f"{method}: train_fraction must be in (0, 1)")
-    if out.get("centre", "eval") not in ("eval", "source"):
-        raise ValueError(f"{method}: centre must be 'eval' or 'source'")
+    if out.get("centre", "source") not in ("source", "eval"):
+        raise ValueError(f"{method}: centre must be 'source' or 'eval'")
+    if out.get("probe_precision", "mixed") not in PRECISIONS:
+        raise ValueError(f"{method}: probe_precision must be one of {PRECISIONS}")
     return out
 
 
@@ -161,6 +173,11 @@ class ProbeInput:
     stimulus: str
     acts: dict[str, np.ndarray]  # reading (the stimulus, or yes / no) -> [n, k, n_units, dim]
     units: list  # per unit: [layer, head] (heads) or layer (resid)
+    n_layers: int | None = None  # the model's layers (None: all of them are stored)
+    # per example, from the forward job's context policy (None: nothing was cut or skipped);
+    # a skipped example's activations are zeros and must not be read
+    skipped: np.ndarray | None = None
+    prompt_tokens_cut: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -181,7 +198,9 @@ class ProbeInput:
         return x
 
 
-def probe_input(dataset, examples, tensor, stimulus, array, layers=None) -> ProbeInput:
+def probe_input(
+    dataset, examples, tensor, stimulus, array, layers=None, model_layers=None
+) -> ProbeInput:
     """Wrap one activation tensor ([rows, ...] forward layout, or [n, k, (2,) ...])."""
     k = int(examples.column("n_responses")[0].as_py())
     answers = 2 if stimulus == "yesno" else 1
@@ -207,13 +226,14 @@ def probe_input(dataset, examples, tensor, stimulus, array, layers=None) -> Prob
         units = [[layer, h] for layer in layers for h in range(text_shape[1])]
     else:
         units = layers
-    return ProbeInput(dataset, examples.slice(0, n), tensor, stimulus, acts, units)
+    return ProbeInput(dataset, examples.slice(0, n), tensor, stimulus, acts, units, model_layers)
 
 
-def _check_rows(rows_file, examples: pa.Table, stimulus: str) -> None:
+def _check_rows(rows_file, examples: pa.Table, split: str, stimulus: str) -> None:
     """The forward Parquet's row labels must be the data's examples, responses, answers."""
     names = ["example_id", "response_index", "answer"]
-    got = pq.read_table(rows_file, columns=names).to_pydict()
+    filters = [("split", "=", split), ("stimulus", "=", stimulus)]
+    got = pq.read_table(rows_file, columns=names, filters=filters).to_pydict()
     answers = 2 if stimulus == "yesno" else 1
     want = {name: [] for name in names}
     cols = examples.select(["example_id", "n_responses"]).to_pydict()
@@ -223,18 +243,20 @@ def _check_rows(rows_file, examples: pa.Table, stimulus: str) -> None:
         want["answer"] += list(range(answers)) * k
     if got != want:
         raise ValueError(
-            f"{rows_file}: its rows are not the first {examples.num_rows} examples of the data "
-            "in order; rerun the forward job"
+            f"{rows_file}: its {split}/{stimulus} rows are not the first {examples.num_rows} "
+            "examples of the data in order; rerun the forward job"
         )
 
 
 def load_probe_input(
-    method: str, dataset: str, data_file, activation_file, rows_file=None, limit=None
+    method: str, dataset: str, split: str, data_file, activation_file, rows_file=None, limit=None
 ) -> ProbeInput:
-    """Read the data and the activation file of the method's stimulus (never a model)."""
+    """Read the data and the method's tensor of the forward job's activation file (tensor
+    "<split>/<stimulus>/<unit>", `genies.forward`); never a model."""
     spec = METHODS[method]
-    array, meta = read_activations(activation_file, spec.tensor)
-    stored = meta.get("head_layers" if spec.tensor == "heads" else "resid_layers")
+    name = f"{split}/{spec.stimulus}/{spec.tensor}"
+    array, meta = read_activations(activation_file, name)
+    stored = meta.get(f"{name}.layers")
     inp = probe_input(
         dataset,
         read_examples(data_file, limit),
@@ -242,10 +264,27 @@ def load_probe_input(
         spec.stimulus,
         array,
         json.loads(stored) if stored else None,
+        int(meta["num_layers"]) if stored and "num_layers" in meta else None,
     )
     if rows_file is not None:
-        _check_rows(rows_file, inp.examples, spec.stimulus)
+        _check_rows(rows_file, inp.examples, split, spec.stimulus)
+        inp.skipped, inp.prompt_tokens_cut = _context_of(rows_file, inp.examples, split, spec)
     return inp
+
+
+def _context_of(rows_file, examples: pa.Table, split: str, spec: Method):
+    """Per example: whether any of its texts was skipped, and the most prompt tokens cut."""
+    names = ["example_id", "skipped", "prompt_tokens_cut"]
+    filters = [("split", "=", split), ("stimulus", "=", spec.stimulus)]
+    rows = pq.read_table(rows_file, columns=names, filters=filters).to_pydict()
+    index = {eid: i for i, eid in enumerate(examples.column("example_id").to_pylist())}
+    skipped = np.zeros(len(index), dtype=bool)
+    cut = np.zeros(len(index), dtype=np.int32)
+    for eid, skip, n in zip(rows["example_id"], rows["skipped"], rows["prompt_tokens_cut"],
+                            strict=True):  # fmt: skip
+        skipped[index[eid]] |= bool(skip)
+        cut[index[eid]] = max(cut[index[eid]], n)
+    return skipped, cut
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -265,7 +304,12 @@ class TrainingPairs:
         return rows, np.concatenate([self.preferred[which], self.dispreferred[which]])
 
 
-def training_pairs(examples: pa.Table, dataset: str, seed: int, train_fraction: float):
+def training_pairs(
+    examples: pa.Table, dataset: str, seed: int, train_fraction: float, skipped=None
+):
+    """One seeded pair per example, split train / val; examples the forward job skipped
+    (they did not fit the model's context) are left out of both, without changing the draws
+    of the others."""
     cols = examples.select(["preferred", "dispreferred"]).to_pydict()
     n = len(cols["preferred"])
     if n < 2:
@@ -274,12 +318,17 @@ def training_pairs(examples: pa.Table, dataset: str, seed: int, train_fraction: 
     disp = np.array([others[rng.integers(len(others))] for others in cols["dispreferred"]])
     order = rng.permutation(n)
     n_train = min(max(int(train_fraction * n), 1), n - 1)
+    train, val = np.sort(order[:n_train]), np.sort(order[n_train:])
+    if skipped is not None and skipped.any():
+        train, val = train[~skipped[train]], val[~skipped[val]]
+        if not len(train) or not len(val):
+            raise ValueError(f"{dataset}: too few training examples fit the model's context")
     return TrainingPairs(
         np.arange(n),
         np.asarray(cols["preferred"], dtype=np.int64),
         disp.astype(np.int64),
-        np.sort(order[:n_train]),
-        np.sort(order[n_train:]),
+        train,
+        val,
     )
 
 
@@ -315,6 +364,23 @@ def load_state(tensors_path, info_path) -> ProbeState:
 _CHUNK_BYTES = 256 << 20
 
 
+def _map_on_threads(function, items, workers: int) -> list:
+    """`function` over `items` on `workers` threads, each running torch on one thread.
+
+    Independent chunks side by side keep scaling on a machine whose cores are busy, where
+    torch's own threads (which wait for each other many times per operation) made 30B-sized
+    fits up to 10x slower on 2 threads than on 1 (`bench/bench_probes.py --30b`). Each chunk's
+    result is the same as on one thread. A single chunk runs on torch's own threads."""
+    if workers <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(function, items))
+    finally:
+        torch.set_num_threads(workers)
+
+
 def _cosine_scores(fa, fb, directions) -> np.ndarray:
     """Mean over units of cos(fa - fb, direction); a zero vector has cosine 0."""
     diff = fa - fb
@@ -333,20 +399,30 @@ def _fit_mean_difference(inp: ProbeInput, pairs: TrainingPairs, p: dict, seed):
     y_va = np.r_[np.ones(v), np.zeros(v)]
     directions = np.empty((n_units, dim), np.float32)
     val_acc, val_loss = np.empty(n_units), np.empty(n_units)
-    converged = 0
-    step = max(1, _CHUNK_BYTES // (8 * 3 * (len(rows_tr) + len(rows_va)) * dim))
-    for start in range(0, n_units, step):
-        chunk = np.arange(start, min(start + step, n_units))
+
+    def fit_chunk(chunk) -> int:
         x_tr = inp.features(rows_tr, resp_tr, chunk).transpose(1, 0, 2)  # [c, 2t, d]
         x_va = inp.features(rows_va, resp_va, chunk).transpose(1, 0, 2)
         directions[chunk] = x_tr[:, :t].mean(1, dtype=np.float64) - x_tr[:, t:].mean(
             1, dtype=np.float64
         )
-        fit = fit_logistic(x_tr, y_tr, C=p["probe_c"], max_iter=p["probe_max_iter"])
-        converged += int(fit.converged.sum())
+        fit = fit_logistic(
+            x_tr,
+            y_tr,
+            C=p["probe_c"],
+            max_iter=p["probe_max_iter"],
+            precision=p["probe_precision"],
+        )
         z = fit.decision(x_va)
         val_acc[chunk] = ((z > 0) == y_va).mean(1)
         val_loss[chunk] = (np.logaddexp(0.0, z) - y_va * z).mean(1)
+        return int(fit.converged.sum())
+
+    workers = torch.get_num_threads()
+    per_unit = 8 * 3 * (len(rows_tr) + len(rows_va)) * dim
+    step = max(1, min(_CHUNK_BYTES // (workers * per_unit), -(-n_units // workers)))
+    chunks = [np.arange(i, min(i + step, n_units)) for i in range(0, n_units, step)]
+    converged = sum(_map_on_threads(fit_chunk, chunks, workers))
     ranking = np.lexsort((np.arange(n_units), val_loss, -val_acc))  # last key sorts first
     selected = ranking[: min(int(p["n_units"]), n_units)]
     tensors = {
@@ -374,6 +450,8 @@ def _score_mean_difference(state: ProbeState, inp: ProbeInput, rows, a, b) -> np
 
 
 def _ccs_layer(inp: ProbeInput, layer: int) -> int:
+    if layer < 0 and inp.n_layers is not None:  # a subset is stored: count from the model's last
+        layer += inp.n_layers
     if layer < 0:
         if -layer > len(inp.units):
             raise ValueError(f"ccs layer {layer}: only {len(inp.units)} layers are stored")
@@ -481,7 +559,9 @@ def fit(method: str, source: ProbeInput, params: Mapping | None = None, seed: in
     p = method_params(method, params)
     spec = METHODS[method]
     _check_input(source, spec)
-    pairs = training_pairs(source.examples, source.dataset, seed, p["train_fraction"])
+    pairs = training_pairs(
+        source.examples, source.dataset, seed, p["train_fraction"], source.skipped
+    )
     tensors, info = _RULES[spec.rule][0](source, pairs, p, seed)
     info = {
         **info,
@@ -510,7 +590,11 @@ def predict(state: ProbeState, target: ProbeInput) -> tuple[np.ndarray, np.ndarr
         pairs["dispreferred_response"],
     )
     logit = state.info["calibration_weight"] * s
-    return calibrated_probability(s, state.info["calibration_weight"]), logit > 0
+    prob = calibrated_probability(s, state.info["calibration_weight"])
+    if target.skipped is not None:  # not scored: no activations were recorded
+        skipped = target.skipped[pairs["example_row"]]
+        prob, logit = np.where(skipped, np.nan, prob), np.where(skipped, 0.0, logit)
+    return prob, logit > 0
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -532,11 +616,12 @@ def run_fit(
     """The fit job: `activations`/`rows_file` are the forward job's outputs for the method's
     stimulus on the train split; `state_paths` = (tensors .safetensors, info .json).
 
-    Runs torch on `threads` threads (default 1): the problems are small, and on a busy 2-core
-    machine 2 threads made the five SmolLM2-sized fits 9x slower (21 s vs 2.5 s)."""
+    Runs on `threads` threads (default 1), the CPUs the job holds: the mean-difference methods
+    fit chunks of units side by side, one torch thread each, which gives the same probes as
+    one thread; CCS runs torch's own threads."""
     torch.set_num_threads(threads)
     run = RunRecord("fit", intervention=method, train=dataset, params=dict(params or {}))
-    source = load_probe_input(method, dataset, data_file, activations, rows_file, limit)
+    source = load_probe_input(method, dataset, "train", data_file, activations, rows_file, limit)
     state = fit(method, source, params, seed)
     save_state(state, *state_paths, provenance=run.finish(n_examples=source.shape[0]))
 
@@ -559,8 +644,17 @@ def run_predict(
     torch.set_num_threads(threads)
     run = RunRecord("predict", model=model, intervention=method, train=train, eval=eval_dataset)
     state = load_state(*state_paths)
-    target = load_probe_input(method, eval_dataset, data_file, activations, rows_file, limit)
+    target = load_probe_input(
+        method, eval_dataset, "test", data_file, activations, rows_file, limit
+    )
     prob, correct = predict(state, target)
     pairs = expand_pairs(target.examples)
-    table = predictions_table(model, method, train, eval_dataset, pairs, prob, correct)
+    context = {}
+    if target.skipped is not None:
+        rows = pairs["example_row"]
+        context = {
+            "skipped": target.skipped[rows],
+            "prompt_tokens_cut": target.prompt_tokens_cut[rows],
+        }
+    table = predictions_table(model, method, train, eval_dataset, pairs, prob, correct, **context)
     write_parquet(table, out_path, run.finish(params=state.params, seed=state.seed))
