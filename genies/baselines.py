@@ -20,6 +20,8 @@ published random baseline score 0.0 instead of the expected 0.5 (genies-spec.md 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import pyarrow as pa
 
@@ -37,19 +39,58 @@ def few_shot_prompt(demonstrations, prompt: str) -> str:
     return shots + DEMO_SEPARATOR + prompt
 
 
-def few_shot_prompts(
-    eval_examples: pa.Table, source_examples: pa.Table, n_shots: int = 5, seed: int = 0
-) -> list[str]:
-    """New prompts for `eval_examples`, demonstrations drawn from `source_examples`."""
+def fit_few_shot(
+    prompts: Sequence[str],
+    demonstrations: Sequence[Sequence[tuple[str, str]]],
+    count_tokens: Callable[[list[str]], Sequence[int]],
+    longest_response: Sequence[int],
+    limit: int | None,
+) -> tuple[list[str], np.ndarray]:
+    """Few-shot prompts that fit: drop demonstrations, last first, until each prompt fits.
+
+    `demonstrations[i]` are example i's (prompt, preferred response) pairs in order;
+    `count_tokens(texts)` gives the token count of each prompt text as the scorer will feed it
+    (BOS included: `genies.context.prompt_token_counter`); `longest_response[i]` is the token
+    count of example i's longest response (EOS included). Returns the prompt texts in the
+    published layout (`few_shot_prompt`) and the number of demonstrations kept per example
+    (int8). An example that does not fit even with none goes on to
+    `genies.context.fit_examples`.
+    """
+    n = len(prompts)
+    if len(demonstrations) != n or len(longest_response) != n:
+        raise ValueError(
+            f"{n} prompts, {len(demonstrations)} demonstration lists and "
+            f"{len(longest_response)} response lengths"
+        )
+    kept = np.array([len(d) for d in demonstrations], dtype=np.int8)
+    texts = [few_shot_prompt(d, p) for d, p in zip(demonstrations, prompts, strict=True)]
+    if limit is None:
+        return texts, kept
+    pending = list(range(n))
+    while pending:
+        counts = count_tokens([texts[i] for i in pending])
+        still = []
+        for i, count in zip(pending, counts, strict=True):
+            if count + longest_response[i] > limit and kept[i] > 0:
+                kept[i] -= 1
+                texts[i] = few_shot_prompt(demonstrations[i][: kept[i]], prompts[i])
+                still.append(i)
+        pending = still
+    return texts, kept
+
+
+def few_shot_demonstrations(
+    eval_examples: pa.Table, source_examples: pa.Table, n_shots: int, seed: int = 0
+) -> list[list[tuple[str, str]]]:
+    """Per evaluated example, `n_shots` (prompt, preferred response) demonstrations drawn
+    from `source_examples`, never the example itself (same id or content fingerprint)."""
     src = source_examples.select(
         ["example_id", "fingerprint", "prompt", "responses", "preferred"]
     ).to_pydict()
     demos = [r[p] for r, p in zip(src["responses"], src["preferred"], strict=True)]
-    cols = eval_examples.select(["example_id", "fingerprint", "prompt"]).to_pydict()
-    prompts = []
-    for eid, fp, prompt in zip(
-        cols["example_id"], cols["fingerprint"], cols["prompt"], strict=True
-    ):
+    cols = eval_examples.select(["example_id", "fingerprint"]).to_pydict()
+    out = []
+    for eid, fp in zip(cols["example_id"], cols["fingerprint"], strict=True):
         candidates = [
             i
             for i, (sid, sfp) in enumerate(zip(src["example_id"], src["fingerprint"], strict=True))
@@ -62,18 +103,30 @@ def few_shot_prompts(
             )
         rng = np.random.default_rng(derive_seed(seed, "few-shot", eid))
         picked = rng.choice(len(candidates), size=n_shots, replace=False)
-        shots = [(src["prompt"][candidates[j]], demos[candidates[j]]) for j in picked]
-        prompts.append(few_shot_prompt(shots, prompt))
-    return prompts
+        out.append([(src["prompt"][candidates[j]], demos[candidates[j]]) for j in picked])
+    return out
+
+
+def few_shot_prompts(
+    eval_examples: pa.Table, source_examples: pa.Table, n_shots: int, seed: int = 0
+) -> list[str]:
+    """The full few-shot prompts (every demonstration) of `eval_examples`."""
+    demos = few_shot_demonstrations(eval_examples, source_examples, n_shots, seed)
+    prompts = eval_examples.column("prompt").to_pylist()
+    return [few_shot_prompt(d, p) for d, p in zip(demos, prompts, strict=True)]
+
+
+DEMONSTRATIONS = pa.list_(pa.struct([("prompt", pa.string()), ("response", pa.string())]))
 
 
 def few_shot_examples(
-    eval_examples: pa.Table, source_examples: pa.Table, n_shots: int = 5, seed: int = 0
+    eval_examples: pa.Table, source_examples: pa.Table, n_shots: int, seed: int = 0
 ) -> pa.Table:
-    """`eval_examples` with few-shot prompts: a materialised split the scorer can run on."""
-    prompts = few_shot_prompts(eval_examples, source_examples, n_shots, seed)
-    column = eval_examples.schema.get_field_index("prompt")
-    return eval_examples.set_column(column, "prompt", pa.array(prompts, pa.string()))
+    """`eval_examples` with their drawn demonstrations in a `demonstrations` column; the
+    scoring job, which knows the model's context, assembles the prompts (`fit_few_shot`)."""
+    demos = few_shot_demonstrations(eval_examples, source_examples, n_shots, seed)
+    column = [[{"prompt": p, "response": r} for p, r in d] for d in demos]
+    return eval_examples.append_column("demonstrations", pa.array(column, DEMONSTRATIONS))
 
 
 def random_predictions(n_pairs: int, eval_dataset: str, seed: int = 0):

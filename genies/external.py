@@ -45,12 +45,13 @@ import torch
 from . import chat
 from .context import DEFAULT_POLICY, fit_examples, max_positions
 from .data import read_examples
+from .forward import SCORING_DEFAULTS
 from .io import RunRecord, write_parquet
 from .models import ModelError, is_sequence_classifier, load_model, resolve_model_dir
-from .predictions import expand_pairs, predictions_table
+from .predictions import expand_pairs, pair_rows
 from .progress import ProgressLog
 from .reward_model import example_rewards, explain_oom, pad_id_of
-from .scoring import pair_probabilities, tokenize_examples
+from .scoring import tokenize_examples
 from .zero_shot import FORWARD_SCHEMA, read_scores, response_matrix
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,6 @@ REWARD_SCORES_SCHEMA = pa.schema(
         ("skipped", pa.bool_()),
     ]
 )
-SCORING_DEFAULTS = {"batch_tokens": 4096, "device": "auto", "dtype": "auto"}
 
 
 class ClassifierReward(torch.nn.Module):
@@ -242,19 +242,9 @@ def pair_predictions(examples, rewards, labels: dict, cut=None, skipped=None) ->
         skipped = np.isnan(rewards).any(axis=1)
     r_pref = rewards[rows, pairs["preferred_response"]]
     r_disp = rewards[rows, pairs["dispreferred_response"]]
-    with np.errstate(invalid="ignore"):  # NaN rewards of skipped examples stay NaN
-        probabilities = pair_probabilities(r_pref, r_disp)
-    return predictions_table(
-        labels["model"],
-        labels["intervention"],
-        labels["train"],
-        labels["eval"],
-        pairs,
-        probabilities,
-        r_pref > r_disp,
-        prompt_tokens_cut=None if cut is None else np.asarray(cut)[rows],
-        skipped=np.asarray(skipped)[rows],
-    )
+    names = (labels["model"], labels["intervention"], labels["train"], labels["eval"])
+    cut = None if cut is None else np.asarray(cut)[rows]
+    return pair_rows(*names, pairs, r_pref, r_disp, cut, np.asarray(skipped)[rows])
 
 
 def write_reward_model_predictions(

@@ -17,6 +17,12 @@ The directory is built in a temporary sibling and renamed into place, so a crash
 a half-written model directory.
 
 `load_model(model_dir, device, dtype)` loads a prepared (or any plain HF) directory in eval mode.
+With ``gpus=N > 1`` the model is spread over N GPUs of the node by accelerate's device map
+(whole decoder layers per GPU, balanced, each GPU filled to at most `genies.gpus.WEIGHT_SHARE`
+of its memory, never offloaded to the CPU or disk); `LoadedModel.device` is then where inputs go
+(the embeddings' GPU). An explicit `device_map` (accelerate's format, "disk" entries need
+`offload_folder`) places modules by hand: the tests use it to spread a model over the CPU and
+disk offload, which runs through the same accelerate hooks as several GPUs.
 Dtype policy (`resolve_dtype`): "auto" is bfloat16 on CUDA when supported (else float16), and on
 CPU bfloat16 only when the CPU has native bf16 instructions (else float32). An explicit
 "float16" on CPU is an error (slow and numerically fragile there; use bfloat16 or float32).
@@ -66,6 +72,7 @@ class LoadedModel:
     dtype: torch.dtype
     model_dir: Path | None = None
     quantization: str | None = None
+    device_map: dict | None = None  # module -> device, when spread by accelerate
 
     @property
     def layout(self) -> dict:
@@ -91,6 +98,15 @@ def prepare_model(spec: dict, out_dir) -> None:
             info = _prepare_smollm2(spec, tmp)
         else:
             info = _prepare_local(spec, tmp)
+        if spec.get("chat_template"):  # checked now, not in the first job that reads it
+            from transformers import AutoTokenizer
+
+            from genies.chat import require_template
+
+            tokenizer = AutoTokenizer.from_pretrained(
+                resolve_model_dir(tmp), trust_remote_code=False
+            )
+            require_template(tokenizer, spec.get("path", f"source {source}"))
         record = {"spec": _jsonable(spec), "description": info}
         (tmp / MODEL_INFO_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
@@ -153,10 +169,11 @@ def _prepare_local(spec: dict, out: Path) -> dict:
     src = _check_local_dir(spec)
     if spec.get("link", False):
         return _link_local(src, out)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(
+    config = AutoConfig.from_pretrained(src, trust_remote_code=False)
+    model = _auto_class(TASKS[1] if is_sequence_classifier(config) else TASKS[0]).from_pretrained(
         src, dtype="auto", trust_remote_code=False, use_safetensors=True
     )
     return _save(model, tokenizer, out, "local", extra={"path": str(src)})
@@ -247,18 +264,40 @@ def _jsonable(obj):
 
 
 def load_model(
-    model_dir, device="auto", dtype="auto", quantization: str | None = None
+    model_dir,
+    device="auto",
+    dtype="auto",
+    quantization: str | None = None,
+    gpus: int = 1,
+    device_map: dict | None = None,
+    offload_folder=None,
+    task: str = "causal_lm",
 ) -> LoadedModel:
     """Load a prepared model directory (or any HF directory with safetensors) in eval mode.
 
+    `task` is "causal_lm" (a language model) or "sequence_classification" (a reward model's
+    classifier, `genies.external`). A model whose registry entry asks for its chat template
+    (`chat_template: true`, recorded in genies_model.json) gets its tokenizer marked for it
+    (`genies.chat.mark`).
+
     `quantization="nf4"` loads the weights as bitsandbytes 4-bit NF4 (double quantisation,
     compute in the resolved dtype); it works on CUDA and, with bitsandbytes >= 0.48, on CPU.
+    `gpus` > 1 spreads the model over that many GPUs (from `device`'s index on); `device_map`
+    places modules explicitly (see the module docstring). The tokenizer's `model_max_length`
+    is set to the model's context (`genies.context.max_positions`).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from genies.chat import mark
+    from genies.context import max_positions
+
+    auto_class = _auto_class(task)
 
     model_dir = Path(model_dir)
     weights_dir = resolve_model_dir(model_dir)
     dev = resolve_device(device)
+    if device_map is not None:
+        dev = resolve_device(_first_device(device_map))
     torch_dtype = resolve_dtype(dtype, dev)
     if quantization in (None, "none"):
         quantization = None
@@ -276,6 +315,12 @@ def load_model(
         "use_safetensors": True,
         "device_map": {"": _device_map_target(dev)},
     }
+    if device_map is not None:
+        kwargs["device_map"] = dict(device_map)
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
+    elif gpus != 1:
+        kwargs.update(device_map="balanced", max_memory=gpu_max_memory(dev, gpus))
     if quantization == "nf4":
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ModelError("quantization 'nf4' needs bitsandbytes: pip install bitsandbytes")
@@ -288,23 +333,82 @@ def load_model(
             bnb_4bit_compute_dtype=torch_dtype,
         )
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            weights_dir, attn_implementation="sdpa", **kwargs
-        )
-    except ValueError as exc:  # an architecture without SDPA support: use its default
-        if "sdpa" not in str(exc) and "scaled_dot_product" not in str(exc):
-            raise
-        model = AutoModelForCausalLM.from_pretrained(weights_dir, **kwargs)
+        try:
+            model = auto_class.from_pretrained(weights_dir, attn_implementation="sdpa", **kwargs)
+        except ValueError as exc:  # an architecture without SDPA support: use its default
+            if "sdpa" not in str(exc) and "scaled_dot_product" not in str(exc):
+                raise
+            model = auto_class.from_pretrained(weights_dir, **kwargs)
+    except ValueError as exc:
+        if device_map is None and gpus != 1 and ("offload" in str(exc) or "disk" in str(exc)):
+            raise _too_big(weights_dir, gpus) from exc
+        raise
+    placed = getattr(model, "hf_device_map", None)
+    if device_map is None and gpus != 1:
+        off = sorted({str(v) for v in placed.values()} & {"cpu", "disk"}) if placed else []
+        if off:
+            raise _too_big(weights_dir, gpus)
     model.eval()
     ensure_pad_token(tokenizer, model)
+    mark(tokenizer, registry_spec(model_dir).get("chat_template", False))
+    limit = max_positions(model, tokenizer)
+    if limit is not None:
+        tokenizer.model_max_length = limit
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        device=dev,
+        device=input_device(model) if placed else dev,
         dtype=torch_dtype,
         model_dir=model_dir,
         quantization=quantization,
+        device_map=dict(placed) if placed else None,
     )
+
+
+def gpu_max_memory(device: torch.device, gpus: int) -> dict[int, int]:
+    """accelerate's `max_memory` for `gpus` GPUs from `device`'s index: a share of each."""
+    from genies.gpus import WEIGHT_SHARE
+
+    if device.type != "cuda":
+        raise ModelError(f"gpus: {gpus} needs CUDA devices, but the device is {device}")
+    first = device.index or 0
+    visible = torch.cuda.device_count()
+    if gpus < 1 or first + gpus > visible:
+        raise ModelError(
+            f"the model asks for {gpus} GPUs from cuda:{first} but {visible} are visible; "
+            f"request {gpus} GPUs for the job (registry 'gpus') or lower 'gpus'"
+        )
+    return {
+        i: int(WEIGHT_SHARE * torch.cuda.get_device_properties(i).total_memory)
+        for i in range(first, first + gpus)
+    }
+
+
+def _too_big(weights_dir, gpus: int) -> ModelError:
+    from genies.gpus import WEIGHT_SHARE
+
+    return ModelError(
+        f"the model in {weights_dir} does not fit on {gpus} GPUs with {WEIGHT_SHARE:.0%} of "
+        f"each for weights; raise 'gpus' for this model in the registry (or set "
+        f"memory.gpu_memory_gb to the GPUs' real size)"
+    )
+
+
+def _first_device(device_map: dict) -> str:
+    first = next((v for v in device_map.values() if str(v) != "disk"), "cpu")
+    return f"cuda:{first}" if isinstance(first, int) else str(first)
+
+
+def input_device(model) -> torch.device:
+    """Where a dispatched model's inputs go: the execution device of its input embeddings."""
+    embeddings = model.get_input_embeddings()
+    hook = getattr(embeddings, "_hf_hook", None)
+    target = getattr(hook, "execution_device", None)
+    if target is None:
+        target = embeddings.weight.device
+    if isinstance(target, int):
+        target = f"cuda:{target}"
+    return torch.device(target)
 
 
 def resolve_model_dir(model_dir) -> Path:
@@ -322,6 +426,29 @@ def resolve_model_dir(model_dir) -> Path:
         files = sorted(p.name for p in model_dir.iterdir())
         raise ModelError(f"model directory {model_dir} has no *.safetensors; files: {files}")
     return model_dir
+
+
+TASKS = ("causal_lm", "sequence_classification")
+
+
+def _auto_class(task: str):
+    import transformers
+
+    if task not in TASKS:
+        raise ModelError(f"unknown model task {task!r}; allowed: {', '.join(TASKS)}")
+    name = "AutoModelForCausalLM" if task == "causal_lm" else "AutoModelForSequenceClassification"
+    return getattr(transformers, name)
+
+
+def is_sequence_classifier(config) -> bool:
+    """Whether a model config is a sequence classifier's (e.g. LlamaForSequenceClassification)."""
+    return any(a.endswith("ForSequenceClassification") for a in config.architectures or ())
+
+
+def registry_spec(model_dir) -> dict:
+    """The registry entry a prepared model directory was made from ({} for a plain HF one)."""
+    info = Path(model_dir) / MODEL_INFO_FILE
+    return json.loads(info.read_text()).get("spec", {}) if info.is_file() else {}
 
 
 def _device_map_target(dev: torch.device):

@@ -16,7 +16,9 @@ Tokenisation (:func:`tokenize_examples`)
     the response, as upstream did. A prompt must contribute at least one token (its last
     position predicts the first response token): a prompt that is still empty after
     this (empty text with ``add_bos=False`` or no BOS token) falls back to ``[bos]``, or
-    ``[eos]`` when the tokenizer has no BOS.
+    ``[eos]`` when the tokenizer has no BOS. A model whose registry entry asks for its chat
+    template gets the prompt as the user's message in it, the template's end of turn in
+    place of EOS and no added BOS (`genies.chat`).
 
 Prefix reuse (:func:`score_tokenized`)
     Each prompt is run through the model once; its ``k`` responses continue from the
@@ -72,7 +74,10 @@ Prefix reuse (:func:`score_tokenized`)
     Memory: the prompt cache holds at most ``batch_tokens`` positions; a response call
     adds a copy of the prompt-cache rows it needs (at most ``k * batch_tokens``
     positions), at most ``batch_tokens`` new positions and at most ``batch_tokens`` rows
-    of logits in the model's dtype.
+    of logits in the model's dtype. Under a limited memory budget (``genies.memory``)
+    ``batch_tokens`` is lowered until all of that fits; the planned bytes of every call
+    are counted (``ScoreResult.plan``), and an out-of-memory error halves
+    ``batch_tokens`` and scores the failed batch again.
 
     Assumes a standard causal decoder whose attention takes a padding mask (Llama,
     Mistral, Qwen, GPT-NeoX/Pythia, ...); recurrent/state-space models, which cannot
@@ -103,11 +108,27 @@ import copy
 import inspect
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import chat
+from .context import max_positions
+from .memory import (
+    Budget,
+    MemoryPlanError,
+    ScoringCosts,
+    Shape,
+    dtype_bytes,
+    is_out_of_memory,
+    out_of_memory_message,
+    plan_groups,
+    release_memory,
+    token_rows,
+)
+from .predictions import pair_probabilities
 
 __all__ = [
     "ScoreResult",
@@ -127,6 +148,8 @@ _LOGIT_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}  # float32 values
 # about as much as a few dozen positions; 32 keeps padding under ~10% on every GENIES dataset.
 # On a GPU a small call is bound by reading the weights and costs more: raise it there.
 _CALL_OVERHEAD_TOKENS = 32
+# Padded positions per call when neither `batch_tokens` nor a memory budget sets them.
+DEFAULT_BATCH_TOKENS = 4096
 
 ProgressFn = Callable[[int, int], None]
 
@@ -151,6 +174,8 @@ class ScoreResult:
         tokens_unique: ``sum(len(prompt) + sum(len(response)))`` over examples.
         tokens_needed: positions a padding-free prefix-sharing scorer must feed.
         n_forward: number of model forward calls.
+        plan: the memory plan (``batch_tokens`` chosen, planned peak bytes of the calls,
+            out-of-memory back-offs), for the job's provenance.
     """
 
     logprob_sum: np.ndarray
@@ -162,6 +187,7 @@ class ScoreResult:
     tokens_unique: int
     tokens_needed: int
     n_forward: int
+    plan: dict = field(default_factory=dict)
 
     @property
     def n_examples(self) -> int:
@@ -201,6 +227,8 @@ def tokenize_examples(
     responses: Sequence[Sequence[str]],
     add_bos: bool = True,
     append_eos: bool = True,
+    chat_template: bool | None = None,
+    assistant_starts: Sequence[str] | None = None,
 ) -> tuple[list[list[int]], list[list[list[int]]]]:
     """Tokenise prompts and responses separately, without the tokenizer's special tokens.
 
@@ -209,19 +237,35 @@ def tokenize_examples(
     and the tokenizer has a BOS token; EOS is appended to each response when
     ``append_eos`` (a tokenizer without EOS then raises ``ValueError``). A prompt that
     would be empty becomes ``[bos]`` (or ``[eos]`` without BOS), so it always has a
-    position that predicts the first response token.
+    position that predicts the first response token. ``assistant_starts[i]`` is text
+    that follows prompt ``i`` before each of its responses (a stimulus's frame).
+
+    ``chat_template`` (default: what the model's registry entry asks, `genies.chat.requested`)
+    puts each prompt in the tokenizer's chat template as the user's message
+    (`genies.chat.turns`): no BOS is prepended (the template writes it), and the template's
+    end of turn takes the place of EOS.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} response lists")
     bos = getattr(tokenizer, "bos_token_id", None)
     eos = getattr(tokenizer, "eos_token_id", None)
-    if append_eos and eos is None:
+    if chat_template is None:
+        chat_template = chat.requested(tokenizer)
+    ends = None
+    if chat_template:
+        turns = chat.turns(tokenizer, prompts)
+        prompts, add_bos, ends = turns.before, False, turns.after
+    elif append_eos and eos is None:
         raise ValueError("append_eos=True but the tokenizer has no eos_token_id")
+    if assistant_starts is not None:
+        prompts = [p + s for p, s in zip(prompts, assistant_starts, strict=True)]
 
     def encode(texts: list[str]) -> list[list[int]]:
         if not texts:
             return []
-        return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        # verbose=False: no "longer than the maximum" warning; genies.context checks lengths
+        encoded = tokenizer(texts, add_special_tokens=False, verbose=False)
+        return [list(ids) for ids in encoded["input_ids"]]
 
     prompt_ids = encode(list(prompts))
     flat = encode([r for rs in responses for r in rs])
@@ -237,14 +281,17 @@ def tokenize_examples(
             ids = [fallback]
         out_prompts.append(ids)
 
+    end_ids = None
+    if ends is not None:  # the chat template's end of turn of each example
+        distinct = list(dict.fromkeys(ends))
+        by_text = dict(zip(distinct, encode(distinct), strict=True))
+        end_ids = [by_text[text] for text in ends]
     out_responses: list[list[list[int]]] = []
     pos = 0
-    for rs in responses:
-        group = []
-        for ids in flat[pos : pos + len(rs)]:
-            group.append([*ids, eos] if append_eos else ids)
+    for i, rs in enumerate(responses):
+        end = (end_ids[i] if end_ids is not None else [eos]) if append_eos else []
+        out_responses.append([[*ids, *end] for ids in flat[pos : pos + len(rs)]])
         pos += len(rs)
-        out_responses.append(group)
     return out_prompts, out_responses
 
 
@@ -289,11 +336,11 @@ def _counts(plens: list[int], rlens: list[list[int]]) -> tuple[int, int]:
     return unique, needed
 
 
-def _shared_prefix(responses: Sequence[Sequence[int]]) -> int:
-    """Length of the common start of all responses, leaving each at least one token."""
+def _shared_prefix(responses: Sequence[Sequence[int]], keep: int = 1) -> int:
+    """Length of the common start of all responses, leaving each at least `keep` tokens."""
     if len(responses) < 2:
         return 0
-    limit = min(len(r) for r in responses) - 1
+    limit = min(len(r) for r in responses) - keep
     first = responses[0]
     n = 0
     while n < limit and all(r[n] == first[n] for r in responses[1:]):
@@ -355,50 +402,26 @@ def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return out
 
 
-def _plan_batches(plens: list[int], rlens: list[list[int]], batch_tokens: int) -> list[list[int]]:
+def _plan_batches(
+    plens: list[int], rlens: list[list[int]], batch_tokens: int, only=None
+) -> list[list[int]]:
     """Sort examples longest prompt first and cut them into prompt-pass batches.
 
     The cut minimises padded prompt positions plus a per-call overhead (``_plan_groups``),
     with ``B * max(Lp) <= batch_tokens`` per batch (at least one example). Examples without
-    responses are left out: there is nothing to score.
+    responses are left out: there is nothing to score. `only`: plan just these examples.
     """
-    idx = [i for i in range(len(plens)) if rlens[i]]
+    idx = [i for i in (range(len(plens)) if only is None else only) if rlens[i]]
     idx.sort(key=lambda i: (-plens[i], -max(rlens[i]), i))
     lengths = np.array([plens[i] for i in idx], dtype=np.int64)
     return [idx[s:e] for s, e in _plan_groups(lengths, batch_tokens)]
 
 
 def _plan_groups(lengths: np.ndarray, batch_tokens: int) -> list[tuple[int, int]]:
-    """Split rows sorted by decreasing length into response-pass forward calls.
-
-    Contiguous groups ``lengths[s:e]`` cost ``_CALL_OVERHEAD_TOKENS + (e - s) *
-    lengths[s]`` (padded positions plus a per-call overhead); each group must fit
-    ``(e - s) * lengths[s] <= batch_tokens`` unless it is a single row. The
-    minimum-cost partition is found by dynamic programming.
-    """
-    n = len(lengths)
-    if n == 0:
-        return []
-    lens = lengths.astype(np.int64)
-    best = np.full(n + 1, np.inf)
-    best[0] = 0.0
-    arg = np.zeros(n + 1, dtype=np.int64)
-    for e in range(1, n + 1):
-        # rows are sorted, so a group ending at e holds at most batch_tokens // lens[e-1] rows
-        lo = max(0, e - max(1, batch_tokens // max(int(lens[e - 1]), 1)))
-        s = np.arange(lo, e)
-        size = e - s
-        cost = best[lo:e] + _CALL_OVERHEAD_TOKENS + size * lens[lo:e]
-        cost[(size * lens[lo:e] > batch_tokens) & (size > 1)] = np.inf
-        k = int(np.argmin(cost))
-        best[e] = cost[k]
-        arg[e] = lo + k
-    groups = []
-    e = n
-    while e > 0:
-        groups.append((int(arg[e]), e))
-        e = int(arg[e])
-    return groups[::-1]
+    """Split rows sorted by decreasing length into forward calls of at most ``batch_tokens``
+    padded positions (a single row may exceed it), minimising padded positions plus
+    ``_CALL_OVERHEAD_TOKENS`` per call (`genies.memory.plan_groups`)."""
+    return plan_groups(lengths, token_rows(lengths, batch_tokens), _CALL_OVERHEAD_TOKENS)
 
 
 def _select_cache(cache, rows: torch.Tensor):
@@ -411,7 +434,14 @@ def _select_cache(cache, rows: torch.Tensor):
     """
     new = copy.copy(cache)
     new.layers = [copy.copy(layer) for layer in cache.layers]
-    new.batch_select_indices(rows)
+    # with a device map each layer's cache lives on that layer's device: index it there
+    on_device = {}
+    for layer in new.layers:
+        keys = getattr(layer, "keys", None)
+        dev = keys.device if isinstance(keys, torch.Tensor) else rows.device
+        if dev not in on_device:
+            on_device[dev] = rows.to(dev)
+        layer.batch_select_indices(on_device[dev])
     return new
 
 
@@ -443,6 +473,8 @@ def _score_batch(
     shared: Sequence[int],
     capture=None,
     first_rows: Sequence[int] | None = None,
+    meter: ScoringCosts | None = None,
+    read_offsets: Sequence[int] | None = None,
 ) -> tuple[list[np.ndarray], int, int]:
     """Score one batch; returns per-example float64 arrays, positions fed, forward calls.
 
@@ -453,6 +485,7 @@ def _score_batch(
     token is processed, and the activations at that token go to output row
     `first_rows[example] + response`.
     """
+    meter = meter or ScoringCosts(None, 0, 0)  # `meter` notes each call's rows and bytes
     b = len(prompts)
     ks = [len(rs) for rs in responses]
     plens = [len(p) for p in prompts]
@@ -467,6 +500,7 @@ def _score_batch(
     mask_t = torch.from_numpy(mask).to(device)
     pos_t = (mask_t.cumsum(-1) - 1).clamp(min=0)
     kept = max(shared) + 1  # positions whose logits are needed, the last ones
+    meter.prompt_pass(b, lp, kept)
     kw = {"logits_to_keep": kept} if keep_ok else {}
     out = model(
         input_ids=torch.from_numpy(ids).to(device),
@@ -475,7 +509,7 @@ def _score_batch(
         use_cache=True,
         **kw,
     )
-    tail = out.logits[:, -kept:, :]  # [B, kept, V]
+    tail = out.logits[:, -kept:, :].to(device)  # [B, kept, V]; a device map may end elsewhere
     # transformers 5.24 renamed the KV cache `past_key_values` -> `cache` (the old name
     # warns); the output names it the way the model's forward takes it back
     cache_name = "cache" if "cache" in out.keys() else "past_key_values"
@@ -538,8 +572,11 @@ def _score_batch(
         if capture is not None:
             last_pos = torch.from_numpy(rlens[rows] - 1).to(device)
             keep[torch.arange(len(rows), device=device), last_pos] = False
+            back = np.asarray(read_offsets if read_offsets is not None else [0] * b)[row_ex[rows]]
+            read_pos = torch.from_numpy(np.maximum(rlens[rows] - 1 - back, 0)).to(device)
         kw = {"logits_to_keep": keep} if keep_ok else {}
-        with capture.capture(out_rows[rows], last_pos) if capture is not None else _no_capture():
+        meter.response_call(b, lp, len(rows), lr)
+        with capture.capture(out_rows[rows], read_pos) if capture is not None else _no_capture():
             out = model(
                 input_ids=torch.from_numpy(ids2).to(device),
                 attention_mask=torch.cat([mask_t[ex_t], mask2_t], dim=1),
@@ -548,7 +585,7 @@ def _score_batch(
                 use_cache=True,
                 **kw,
             )
-        logits = out.logits
+        logits = out.logits.to(device)
         del out
         if logits.dim() == 3:  # the model did not take the boolean logits_to_keep
             logits = logits[keep]
@@ -564,6 +601,25 @@ def _score_batch(
 
     sums_np = sums.cpu().numpy()
     return list(np.split(sums_np, np.cumsum(ks)[:-1])), fed, calls
+
+
+def _check_context(model, plens, rlens, skipped) -> None:
+    """Refuse texts longer than the model's positions (the context policy must cut them)."""
+    limit = max_positions(model)
+    if limit is None:
+        return
+    over = [
+        i
+        for i, (pl, rl) in enumerate(zip(plens, rlens, strict=True))
+        if rl and not skipped[i] and pl + max(rl) > limit
+    ]
+    if over:
+        i = over[0]
+        raise ValueError(
+            f"{len(over)} examples do not fit the model's {limit} positions (example {i}: "
+            f"{plens[i]} prompt + {max(rlens[i])} response tokens); apply the context policy "
+            "first (genies.context.fit_examples) and skip or cut them"
+        )
 
 
 def _warn_sliding_window(model, plens, rlens) -> None:
@@ -587,10 +643,13 @@ def score_tokenized(
     prompt_ids: Sequence[Sequence[int]],
     response_ids: Sequence[Sequence[Sequence[int]]],
     *,
-    batch_tokens: int = 4096,
+    batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
+    budget: Budget | None = None,
     device=None,
     progress: ProgressFn | None = None,
     capture=None,
+    skip=None,
+    read_offset=0,
 ) -> ScoreResult:
     """Summed log-probability of every response given its prompt, with prefix reuse.
 
@@ -599,27 +658,48 @@ def score_tokenized(
         prompt_ids: per example, the prompt token ids (>= 1 token when it has responses).
         response_ids: per example, the token ids of each of its responses.
         batch_tokens: maximum padded positions per forward pass (see module docstring);
-            a batch always holds at least one example.
+            a batch always holds at least one example. None: as many as `budget` allows.
+        budget: a ``genies.memory.Budget``; a limited one lowers ``batch_tokens`` until the
+            prompt cache, its copies and a response call fit (``genies.memory``), and
+            records the plan. An out-of-memory error halves ``batch_tokens`` and goes on
+            with the batch that failed; only one example whose single row does not fit
+            raises ``genies.memory.MemoryPlanError``.
         device: where to put inputs; defaults to ``model.device``.
         progress: called as ``progress(done_examples, total_examples)`` after each batch.
         capture: an ``genies.activations.ActivationCapture``; its writer receives the
             last-token activations of every response, row ``offsets[example] + response``.
+        skip: per example, True to leave it unscored (``genies.context.ContextFit.skipped``):
+            its responses get ``logprob_sum`` NaN and no activations.
+        read_offset: with `capture`, read the activations this many tokens before each
+            response's last token (1: the last response token before an appended EOS); one
+            number, or one per example.
+
+    Every other example must fit the model's positions (``genies.context.max_positions``):
+    apply the context policy (``genies.context.fit_examples``) first; a longer one raises.
 
     Returns:
         A :class:`ScoreResult` in the caller's example and response order.
     """
-    if batch_tokens < 1:
+    if batch_tokens is not None and batch_tokens < 1:
         raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
     plens, rlens = _validate(prompt_ids, response_ids)
+    skipped = np.zeros(len(plens), bool) if skip is None else np.asarray(skip, dtype=bool)
+    if skipped.shape != (len(plens),):
+        raise ValueError(f"skip has {skipped.shape} entries for {len(plens)} examples")
+    _check_context(model, plens, rlens, skipped)
     unique, _ = _counts(plens, rlens)
     # the responses' shared start joins the prompt (module docstring, "Prefix reuse")
-    shared = [_shared_prefix(rs) for rs in response_ids]
+    offsets = np.broadcast_to(np.asarray(read_offset, dtype=np.int64), (len(plens),))
+    # (with a read offset, the token read must stay in the response pass)
+    keeps = 1 + (offsets if capture is not None else 0 * offsets)
+    shared = [_shared_prefix(rs, int(k)) for rs, k in zip(response_ids, keeps, strict=True)]
     pairs = zip(prompt_ids, response_ids, shared, strict=True)
     prompt_ids = [[*p, *rs[0][:c]] if c else p for p, rs, c in pairs]
     response_ids = [
         [r[c:] for r in rs] if c else rs for rs, c in zip(response_ids, shared, strict=True)
     ]
     ext_plens, ext_rlens = _validate(prompt_ids, response_ids)
+    ext_rlens = [[] if s else rl for rl, s in zip(ext_rlens, skipped, strict=True)]
     base = _empty_result(rlens, unique, _counts(ext_plens, ext_rlens)[1])
     dev = _resolve_device(model, device)
     keep_ok = _accepts_logits_to_keep(model)
@@ -627,33 +707,110 @@ def score_tokenized(
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)
     pad_id = pad_id if isinstance(pad_id, int) and pad_id >= 0 else 0
 
-    batches = _plan_batches(ext_plens, ext_rlens, batch_tokens)
+    meter = _meter(model, dev)
+    tokens = _batch_tokens(meter, budget, batch_tokens, ext_plens, ext_rlens, capture)
+    plan = {"batch_tokens": tokens, "budget": budget.describe() if budget else "unlimited"}
+    pending = _plan_batches(ext_plens, ext_rlens, tokens)
     total = len(plens)
-    done = total - sum(len(b) for b in batches)  # examples without responses
+    done = total - sum(len(b) for b in pending)  # examples without responses
+    batches: list[list[int]] = []
     batch_scores: list[list[np.ndarray]] = []
     fed = calls = 0
+    backoffs = []
     with _EvalMode(model), torch.inference_mode():
-        for batch in batches:
-            scores, n_fed, n_calls = _score_batch(
-                model,
-                [prompt_ids[i] for i in batch],
-                [response_ids[i] for i in batch],
-                dev,
-                pad_id,
-                keep_ok,
-                batch_tokens,
-                [shared[i] for i in batch],
-                capture,
-                [int(base["offsets"][i]) for i in batch],
-            )
-            batch_scores.append(scores)
-            fed += n_fed
-            calls += n_calls
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
+        while pending:
+            batch = pending[0]
+            try:
+                scores, n_fed, n_calls = _score_batch(
+                    model,
+                    [prompt_ids[i] for i in batch],
+                    [response_ids[i] for i in batch],
+                    dev,
+                    pad_id,
+                    keep_ok,
+                    tokens,
+                    [shared[i] for i in batch],
+                    capture,
+                    [int(base["offsets"][i]) for i in batch],
+                    meter,
+                    [int(offsets[i]) for i in batch],
+                )
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                if len(batch) == 1 and meter.rows <= 1:  # nothing left to make smaller
+                    raise MemoryPlanError(
+                        out_of_memory_message(
+                            exc,
+                            f"scoring one example alone ({ext_plens[batch[0]]} prompt and "
+                            f"{max(ext_rlens[batch[0]])} response tokens)",
+                            _OOM_ADVICE,
+                        )
+                    ) from None
+                failed_rows = meter.rows
+            else:
+                pending.pop(0)
+                batches.append(batch)
+                batch_scores.append(scores)
+                fed += n_fed
+                calls += n_calls
+                done += len(batch)
+                if progress is not None:
+                    progress(done, total)
+                continue
+            # out of memory: the failed batch and the rest again, with calls half as large
+            release_memory()
+            tokens = max(1, tokens // 2)
+            event = {"after_examples": done, "failed_rows": failed_rows, "batch_tokens": tokens}
+            backoffs.append(budget.note("backoff", **event) if budget else event)
+            if budget is None:
+                warnings.warn(f"out of memory while scoring: {event}", stacklevel=2)
+            pending = _plan_batches(ext_plens, ext_rlens, tokens, [i for b in pending for i in b])
     _restore_order(batches, batch_scores, base)
-    return ScoreResult(**base, tokens_processed=fed, n_forward=calls)
+    base["logprob_sum"][np.repeat(skipped, np.diff(base["offsets"]))] = np.nan
+    plan.update(planned_peak_bytes=meter.peak, backoffs=backoffs)
+    if budget is not None:
+        budget.note("scoring", **{k: v for k, v in plan.items() if k != "backoffs"})
+    return ScoreResult(**base, tokens_processed=fed, n_forward=calls, plan=plan)
+
+
+_OOM_ADVICE = (
+    "Spread the model over more GPUs (`gpus:` in its registry entry), use GPUs with more "
+    "memory, or cut long prompts (`context_policy`)."
+)
+
+
+def _meter(model, device: torch.device) -> ScoringCosts:
+    """The memory model of `model`'s scoring calls (zero costs for an unknown shape)."""
+    chunk = 8 * _LOGIT_CHUNK_ELEMENTS.get(device.type, _LOGIT_CHUNK_ELEMENTS["cuda"])
+    try:
+        shape = Shape.of(model)
+    except (AttributeError, TypeError, ValueError):
+        return ScoringCosts(None, 0, 0)
+    dtype = getattr(model, "dtype", None) or next(model.parameters()).dtype
+    return ScoringCosts(shape, dtype_bytes(dtype), chunk)
+
+
+def _batch_tokens(meter, budget, batch_tokens, plens, rlens, capture) -> int:
+    """`batch_tokens` for this attempt, lowered so that the calls fit the budget."""
+    cap = budget.cap(batch_tokens) if budget is not None else batch_tokens
+    usable = budget.usable if budget is not None else None
+    if usable is None or meter.shape is None:
+        return cap if cap is not None else DEFAULT_BATCH_TOKENS
+    scored = [i for i, rl in enumerate(rlens) if rl]
+    if not scored:
+        return cap if cap is not None else DEFAULT_BATCH_TOKENS
+    k = max(len(rlens[i]) for i in scored)
+    fed = max(max(rlens[i]) for i in scored) - (capture is None)
+    fits = meter.batch_tokens(usable, k, max(plens[i] for i in scored), max(fed, 1))
+    if fits is None:
+        warnings.warn(
+            f"the memory budget ({budget.describe()}) holds less than one position of this "
+            "model's scoring calls; trying one row at a time",
+            stacklevel=3,
+        )
+        fits = 1
+    return min(cap, fits) if cap is not None else fits
 
 
 def score_naive(
@@ -691,18 +848,6 @@ def score_naive(
 
 
 # --------------------------------------------------------------------------- post-processing
-
-
-def pair_probabilities(scores_preferred, scores_dispreferred) -> np.ndarray:
-    """Bradley-Terry probability that the preferred response wins: ``sigmoid(s_p - s_d)``.
-
-    Computed as ``exp(-log(1 + exp(-(s_p - s_d))))`` with ``np.logaddexp``, which neither
-    overflows nor produces NaN for huge differences (``+-inf`` gives exactly 1 or 0).
-    """
-    d = np.asarray(scores_preferred, dtype=np.float64) - np.asarray(
-        scores_dispreferred, dtype=np.float64
-    )
-    return np.exp(-np.logaddexp(0.0, -d))
 
 
 def normalise(logprob_sum, n_tokens, method: str) -> np.ndarray:

@@ -17,6 +17,14 @@ BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)  # ids 0, 1, 2
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # the byte alphabet plus the special tokens
+# The chat template of a `tiny` model whose spec says `chat_template: true` (tests of
+# genies.chat): Zephyr's layout, which writes BOS itself and ends an answer with EOS and "\n".
+# (Newlines are string literals: transformers renders templates with trim_blocks.)
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
 
 TINY_DEFAULTS = {
     "seed": 0,
@@ -61,8 +69,10 @@ TINY_CORPUS = (
 )
 
 
-def train_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A deterministic byte-level BPE tokenizer trained on `TINY_CORPUS`.
+def train_tiny_tokenizer(
+    vocab_size: int = 512, corpus: tuple[str, ...] | list[str] = TINY_CORPUS
+) -> PreTrainedTokenizerFast:
+    """A deterministic byte-level BPE tokenizer trained on `corpus` (default `TINY_CORPUS`).
 
     Special tokens: pad `<pad>` (0), bos `<s>` (1), eos `</s>` (2); no unk token. It does not add
     BOS/EOS when encoding (like SmolLM2): callers add special tokens themselves. The trained vocab
@@ -82,7 +92,7 @@ def train_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     # Repeat the corpus so frequent pairs dominate clearly; order is fixed, so training is too.
-    tok.train_from_iterator(list(TINY_CORPUS) * 4, trainer=trainer)
+    tok.train_from_iterator(list(corpus) * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS_TOKEN,
@@ -119,11 +129,26 @@ def tiny_params(spec: dict) -> dict:
 
 
 def build_tiny(spec: dict | None = None) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
-    """Build the tiny model (float32, eval mode) and its tokenizer from a `source: tiny` spec."""
+    """Build the tiny model (float32, eval mode) and its tokenizer from a `source: tiny` spec.
+
+    With `chat_template: true` the tokenizer gets `TINY_CHAT_TEMPLATE`."""
     params = tiny_params(spec or {})
     tokenizer = train_tiny_tokenizer(params["vocab_size"])
     tokenizer.model_max_length = params["max_position_embeddings"]
-    config = LlamaConfig(
+    if (spec or {}).get("chat_template"):
+        tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    config = tiny_config(params, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(params["seed"])
+        model = LlamaForCausalLM(config)
+    model.to(torch.float32)
+    model.eval()
+    return model, tokenizer
+
+
+def tiny_config(params: dict, tokenizer) -> LlamaConfig:
+    """The Llama config of validated `tiny_params` (bench/gpu_check.py scales it to 7B)."""
+    return LlamaConfig(
         vocab_size=params["vocab_size"],
         hidden_size=params["hidden_size"],
         intermediate_size=params["intermediate_size"],
@@ -136,9 +161,3 @@ def build_tiny(spec: dict | None = None) -> tuple[LlamaForCausalLM, PreTrainedTo
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params["seed"])
-        model = LlamaForCausalLM(config)
-    model.to(torch.float32)
-    model.eval()
-    return model, tokenizer

@@ -20,6 +20,16 @@ clipped to `max_grad_norm` (0.3). Each step draws `batch_size` pairs; chosen and
 texts go through the model as ONE batch (`micro_batch_size` pairs per forward, with gradient
 accumulation, when set). Loss: mean of -log sigmoid(r_chosen - r_rejected).
 
+Memory (`genies.memory`, config section `memory`). Under a limited budget (on a GPU: its
+free memory after loading) a step's pairs are cut into length-bucketed micro-batches that fit
+(at most `micro_batch_size` pairs each), gradient checkpointing turns on when the longest
+pair does not fit without it (`gradient_checkpointing: auto`), and validation batches fit
+too; unlimited (the CPU default), batches are as set. An out-of-memory error makes the
+micro-batches smaller and runs the same step again (no restart); the plan and every back-off
+are recorded under "memory" in reward_model.json. The step's result does not depend on the
+micro-batches: LoRA dropout masks are keyed by (step seed, pair, chosen/rejected, element)
+(`genies.reward_model.KeyedDropout`), so it equals the one-batch step up to float rounding.
+
 Checkpoints and selection. Every `checkpoint_every` steps and at the last step the model is
 evaluated on the validation pairs and a checkpoint is written (`genies.checkpoints`) into the
 work directory, by default `<out_dir>.partial/` next to the output (kept across job restarts,
@@ -41,24 +51,32 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from . import interventions as registry
 from .checkpoints import (
-    BEST_FILE,
+    finish_work_dir,
     latest_checkpoint,
     load_checkpoint,
     prepare_work_dir,
     save_checkpoint,
 )
 from .data import read_examples
-from .io import RunRecord, atomic_dir, write_json
+from .io import RunRecord, atomic_dir, link_or_copy, write_json
+from .memory import (
+    CHECKPOINTING_ON,
+    Budget,
+    RewardModelPlan,
+    is_out_of_memory,
+    release_memory,
+)
 from .models import MODEL_INFO_FILE, resolve_device, resolve_model_dir
 from .predictions import expand_pairs
 from .reward_model import (
@@ -68,9 +86,11 @@ from .reward_model import (
     RewardModelError,
     build_reward_model,
     collate,
+    enable_checkpointing,
     encode_examples,
     example_rewards,
     explain_oom,
+    load_trainable,
     pad_id_of,
     pair_rewards,
     preference_loss,
@@ -102,7 +122,7 @@ DEFAULT_PARAMS = {
     "max_length": None,  # tokens per text; None: no limit
     "dtype": "auto",
     "quantization": None,  # "nf4": QLoRA / 4-bit base
-    "gradient_checkpointing": False,
+    "gradient_checkpointing": "auto",  # True, False, or "auto": when the memory plan needs it
     "device": "auto",
     "log_every_s": 10.0,
 }
@@ -146,24 +166,49 @@ def resolve_params(method: str, params: dict | None = None) -> dict:
         raise RewardModelError("training param val_fraction must be between 0 and 1")
     if resolved["max_length"] is not None and resolved["max_length"] < 2:
         raise RewardModelError("training param max_length must be >= 2 (or null)")
+    if resolved["gradient_checkpointing"] not in (True, False, "auto"):
+        raise RewardModelError("training param gradient_checkpointing must be true, false or auto")
     return resolved
 
 
-def train_step(model, optimizer, pairs, micro: int, pad_id: int, device, max_grad_norm):
-    """One optimizer step on `pairs` [(chosen ids, rejected ids)]; returns (loss, tokens)."""
-    optimizer.zero_grad(set_to_none=True)
-    order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i][0]), len(pairs[i][1])))
-    total, tokens = 0.0, 0
-    for start in range(0, len(order), micro):
-        chunk = [pairs[i] for i in order[start : start + micro]]
-        m = len(chunk)
-        # Chosen and rejected in ONE forward pass: rows [0, m) chosen, [m, 2m) rejected.
-        ids, mask = collate([c for c, _ in chunk] + [r for _, r in chunk], pad_id, device)
-        rewards = model(ids, mask)
-        loss = preference_loss(rewards[:m], rewards[m:]) * (m / len(pairs))
-        loss.backward()
-        total += loss.item()
-        tokens += int(mask.sum())
+def train_step(
+    model, optimizer, pairs, micro, pad_id: int, device, max_grad_norm, where: str = "a step"
+):
+    """One optimizer step on `pairs` [(chosen ids, rejected ids)]; returns (loss, tokens).
+
+    `micro`: pairs per micro-batch, or a `genies.memory.RewardModelPlan` whose micro-batches
+    fit the memory budget. Under a plan an out-of-memory error makes the micro-batches
+    smaller (then turns on gradient checkpointing) and runs the step again: the dropout keys
+    are drawn once per step, so the retried step computes the same update.
+    """
+    plan = micro if isinstance(micro, RewardModelPlan) else RewardModelPlan.fixed_pairs(micro)
+    # LoRA dropout keys of each pair's chosen and rejected text (seeded with the step)
+    keys = torch.randint(0, 2**31 - 1, (len(pairs), 2))
+    widths = [max(len(c), len(r)) for c, r in pairs]
+    while True:
+        size = 0
+        try:
+            optimizer.zero_grad(set_to_none=True)
+            total, tokens = 0.0, 0
+            for group in plan.pair_groups(widths):
+                size = m = len(group)
+                chunk = [pairs[i] for i in group]
+                # Chosen and rejected in ONE forward pass: rows [0, m) chosen, [m, 2m) rejected
+                ids, mask = collate([c for c, _ in chunk] + [r for _, r in chunk], pad_id, device)
+                rewards = model(ids, mask, row_keys=torch.cat([keys[group, 0], keys[group, 1]]))
+                loss = preference_loss(rewards[:m], rewards[m:]) * (m / len(pairs))
+                loss.backward()
+                total += loss.item()
+                tokens += int(mask.sum())
+            break
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc) or (action := plan.back_off_training(size)) is None:
+                raise
+        optimizer.zero_grad(set_to_none=True)
+        release_memory()  # out of memory: the same step again, in smaller micro-batches
+        if action == CHECKPOINTING_ON:
+            enable_checkpointing(model.lm)
+        plan.note_backoff(f"training {where}", failed_pairs=size, action=action)
     if max_grad_norm:
         torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.requires_grad], max_grad_norm
@@ -172,8 +217,26 @@ def train_step(model, optimizer, pairs, micro: int, pad_id: int, device, max_gra
     return total, tokens
 
 
+def memory_plan(model, params: dict, budget: Budget, pairs) -> RewardModelPlan:
+    """The micro-batches and no-grad groups of training `model` on `pairs` under `budget`;
+    turns on gradient checkpointing when the plan needs it, and notes the plan."""
+    widths = sorted((max(len(c), len(r)) for c, r in pairs), reverse=True)
+    plan = RewardModelPlan.of(model, budget, params, longest_pair=widths[0] if widths else 0)
+    if plan.checkpointing:
+        enable_checkpointing(model.lm)
+    # the planned peak of the step that draws the longest pairs
+    budget.note(
+        "training", **plan.record(), planned_step_bytes=plan.planned_step_bytes(
+            widths[: params["batch_size"]]
+        )
+    )  # fmt: skip
+    return plan
+
+
 def validation_loss(model, seqs, pairs, pad_id, batch_size, device) -> tuple[float, float]:
-    """(mean -log sigmoid(r_pref - r_disp), accuracy) over the validation pairs."""
+    """(mean -log sigmoid(r_pref - r_disp), accuracy) over the validation pairs.
+
+    `batch_size`: sequences per forward, or the run's `genies.memory.RewardModelPlan`."""
     rewards = example_rewards(model, seqs, pad_id, batch_size, device)
     r_pref, r_disp = pair_rewards(rewards, pairs)
     return float(np.mean(np.logaddexp(0.0, r_disp - r_pref))), float(np.mean(r_pref > r_disp))
@@ -194,7 +257,20 @@ def default_work_dir(out_dir) -> Path:
     return out_dir.with_name(out_dir.name + ".partial")
 
 
-def train_reward_model(
+def train_reward_model(**kwargs) -> dict:
+    """Train a reward model and write the selected adapter (`fit_reward_model`); returns the
+    JSON record written to `out_dir/reward_model.json`."""
+    return fit_reward_model(**kwargs).info
+
+
+@dataclass
+class TrainedRewardModel:
+    info: dict  # the record written to reward_model.json
+    model: torch.nn.Module  # the loaded model with the selected (best) weights, in eval mode
+    loaded: object  # genies.models.LoadedModel of the base
+
+
+def fit_reward_model(
     *,
     model_dir,
     train_file,
@@ -206,12 +282,19 @@ def train_reward_model(
     work_dir=None,
     threads: int | None = None,
     model_name: str | None = None,
-) -> dict:
+    memory: dict | None = None,
+    attempt: int = 1,
+    gpus: int = 1,
+) -> TrainedRewardModel:
     """Train a reward model on `train_file` and write the selected adapter to `out_dir`.
 
     `dataset` defaults to the dataset part of the example ids; `work_dir` (checkpoints) to
-    `<out_dir>.partial`; `model_name` only labels the provenance. Returns the JSON record
-    written to `out_dir/reward_model.json`.
+    `<out_dir>.partial`; `model_name` only labels the provenance. Returns the record written
+    to `out_dir/reward_model.json` and the model holding the selected weights, so the same
+    job can predict with it. The work directory keeps the finished run's selected weights:
+    a rerun with the same fingerprint (params, seed, data, base model) trains nothing.
+    `memory` (config section) and `attempt` (the job's retry number) set the memory budget
+    (`genies.memory.Budget.resolve`).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -226,7 +309,10 @@ def train_reward_model(
 
     t_load = time.time()
     init_seed = derive_seed(seed, dataset, "init")
-    model, loaded = build_reward_model(model_dir, params, init_seed, params["device"])
+    on_gpu = resolve_device(params["device"]).type == "cuda"  # `gpus`: the model's GPUs
+    model, loaded = build_reward_model(
+        model_dir, params, init_seed, params["device"], gpus=gpus if on_gpu else 1
+    )
     data = _TrainingData(examples, loaded.tokenizer, params, seed, dataset)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params["lr"], weight_decay=0.0)
@@ -244,11 +330,16 @@ def train_reward_model(
     checkpoint = latest_checkpoint(work_dir)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer)
-        state["resumed_from"].append(state["step"])
-        log.info("resuming from %s (step %d of %d)", checkpoint, state["step"], params["steps"])
+        if state.get("finished"):
+            log.info("training inputs unchanged since %s finished: reusing its weights", work_dir)
+        else:
+            state["resumed_from"].append(state["step"])
+            log.info("resuming from %s (step %d of %d)", checkpoint, state["step"], params["steps"])
 
     model.train()
     micro = params["micro_batch_size"] or params["batch_size"]
+    budget = Budget.resolve(memory, loaded.device, attempt, model)
+    plan = memory_plan(model, params, budget, data.pairs)
     order = PairOrder(len(data.pairs), params["batch_size"], seed, dataset)
     progress = _Progress(params["steps"], state["step"], params["log_every_s"])
     oom_advice = (
@@ -264,8 +355,9 @@ def train_reward_model(
             batch = [data.pairs[i] for i in order.batch(step)]
             with explain_oom(f"training {method} on {dataset} at step {step}", oom_advice):
                 loss, tokens = train_step(
-                    model, optimizer, batch, micro, pad_id, device, params["max_grad_norm"]
-                )
+                    model, optimizer, batch, plan, pad_id, device, params["max_grad_norm"],
+                    where=f"step {step}",
+                )  # fmt: skip
             state["seconds"] += time.time() - t0
             state.update(step=step, data_position=step * params["batch_size"])
             state["train_loss"].append(loss)
@@ -274,9 +366,8 @@ def train_reward_model(
                 t0 = time.time()
                 with explain_oom(f"validating {method} on {dataset}", oom_advice):
                     v_loss, v_acc = validation_loss(
-                        model, data.val_seqs, data.val_pairs, pad_id, params["eval_batch_size"],
-                        device,
-                    )  # fmt: skip
+                        model, data.val_seqs, data.val_pairs, pad_id, plan, device
+                    )
                 state["validation_seconds"] += time.time() - t0
                 state["validation"].append({"step": step, "loss": v_loss, "accuracy": v_acc})
                 won = best_step(state["validation"]) == step
@@ -309,7 +400,9 @@ def train_reward_model(
         "n_validation_pairs": data.n_val_pairs,
         "texts_cut": data.cut,
         "trainable_parameters": sum(p.numel() for p in trainable),
+        "memory": {**budget.record(), "plan": plan.record()},
         "resumed_from": state["resumed_from"],
+        "reused_finished_training": bool(state.get("finished")),
         "timings": {
             "load_seconds": round(load_seconds, 3),
             "train_seconds": round(state["seconds"], 3),
@@ -319,12 +412,13 @@ def train_reward_model(
     info["provenance"] = run.finish(
         dataset=dataset, device=str(device), dtype=str(loaded.dtype).removeprefix("torch.")
     )
+    best = finish_work_dir(work_dir)
     with atomic_dir(out_dir) as tmp:
-        shutil.copyfile(latest_checkpoint(work_dir) / BEST_FILE, tmp / WEIGHTS_FILE)
+        link_or_copy(best, tmp / WEIGHTS_FILE)
         write_json(info, tmp / INFO_FILE)
-    shutil.rmtree(work_dir)
+    load_trainable(model, load_file(best))
     log.info("tune done: best step %s of %d, in %s", info["best_step"], params["steps"], out_dir)
-    return info
+    return TrainedRewardModel(info, model.eval(), loaded)
 
 
 class _TrainingData:
@@ -333,8 +427,9 @@ class _TrainingData:
     def __init__(self, examples, tokenizer, params: dict, seed: int, dataset: str):
         train_rows, val_rows = split_rows(examples.num_rows, params["val_fraction"], seed, dataset)
         cols = examples.select(["prompt", "responses"]).to_pydict()
+        virtual = params["num_virtual_tokens"] if params["method"] == "prompt_tuning" else 0
         seqs, self.cut = encode_examples(
-            tokenizer, cols["prompt"], cols["responses"], params["max_length"]
+            tokenizer, cols["prompt"], cols["responses"], params["max_length"], virtual
         )
         chosen = choose_pairs(examples, train_rows, seed, dataset)
         self.pairs = [(seqs[r][p], seqs[r][d]) for r, p, d in chosen]

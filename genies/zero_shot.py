@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .io import RunRecord, write_parquet
-from .predictions import expand_pairs, predictions_table
-from .scoring import normalise, pair_probabilities
+from .predictions import expand_pairs, pair_rows
+from .scoring import normalise
 
 FORWARD_SCHEMA = pa.schema(
     [
@@ -66,17 +66,8 @@ def zero_shot_predictions(
     rows = pairs["example_row"]
     s_pref = scores[rows, pairs["preferred_response"]]
     s_disp = scores[rows, pairs["dispreferred_response"]]
-    return predictions_table(
-        model,
-        intervention,
-        train,
-        eval_dataset,
-        pairs,
-        pair_probabilities(s_pref, s_disp),
-        s_pref > s_disp,
-        prompt_tokens_cut=cut[rows],
-        skipped=skipped[rows],
-    )
+    labels = (model, intervention, train, eval_dataset)
+    return pair_rows(*labels, pairs, s_pref, s_disp, cut[rows], skipped[rows])
 
 
 def response_matrix(examples: pa.Table, scored: pa.Table, values, what: str):

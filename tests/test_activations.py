@@ -5,7 +5,7 @@ import torch
 from genies.activations import (
     ActivationCapture,
     ActivationWriter,
-    activation_tensors,
+    activation_shapes,
     decoder_layers,
     load_activations,
 )
@@ -44,13 +44,21 @@ def reference(model, prompt, response):
     return resid.numpy(), torch.stack(heads).reshape(len(heads), 4, -1).numpy()
 
 
+def _writer_and_capture(model, path, n_rows, resid_layers="all"):
+    shapes = activation_shapes(n_rows, model_layout(model), True, resid_layers)
+    writer = ActivationWriter(path, shapes, {"a": 1})
+    capture = ActivationCapture(model, n_heads=4)
+    layers = None if resid_layers == "all" else resid_layers
+    capture.target(writer.arrays["heads"], writer.arrays["resid"], layers)
+    return writer, capture
+
+
 @pytest.mark.parametrize("batch_tokens", [8, 64, 4096])
 def test_capture_matches_plain_forward(llama, tmp_path, batch_tokens):
     prompts, responses = make_data(1, 7, 3)
     n_rows = 7 * 3
     path = tmp_path / "acts.safetensors"
-    writer = ActivationWriter(path, activation_tensors(n_rows, model_layout(llama)), {"a": 1})
-    capture = ActivationCapture(llama, writer, n_heads=4)
+    writer, capture = _writer_and_capture(llama, path, n_rows)
     result = score_tokenized(llama, prompts, responses, batch_tokens=batch_tokens, capture=capture)
     capture.remove()
     writer.close()
@@ -78,8 +86,7 @@ def test_capture_with_shared_response_starts(llama, tmp_path):
         prompts.append(rng.integers(3, 300, rng.integers(1, 10)).tolist())
         responses.append([start + rng.integers(3, 300, n).tolist() for n in tails])
     path = tmp_path / "acts.safetensors"
-    writer = ActivationWriter(path, activation_tensors(9, model_layout(llama)), {"a": 1})
-    capture = ActivationCapture(llama, writer, n_heads=4)
+    writer, capture = _writer_and_capture(llama, path, 9)
     result = score_tokenized(llama, prompts, responses, batch_tokens=64, capture=capture)
     capture.remove()
     writer.close()
@@ -95,10 +102,7 @@ def test_capture_with_shared_response_starts(llama, tmp_path):
 
 def test_hooks_only_record_inside_capture(llama, tmp_path):
     prompts, responses = make_data(2, 3, 2)
-    writer = ActivationWriter(
-        tmp_path / "a.safetensors", activation_tensors(6, model_layout(llama))
-    )
-    capture = ActivationCapture(llama, writer, n_heads=4)
+    writer, capture = _writer_and_capture(llama, tmp_path / "a.safetensors", 6)
     with torch.inference_mode():
         llama(torch.tensor([prompts[0]]))  # outside capture(): nothing recorded
     assert not np.asarray(writer.arrays["resid"]).any()
@@ -106,3 +110,18 @@ def test_hooks_only_record_inside_capture(llama, tmp_path):
     writer.abort()
     assert not (tmp_path / "a.safetensors").exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_capture_of_a_subset_of_residual_layers(llama, tmp_path):
+    prompts, responses = make_data(4, 3, 2)
+    writer, capture = _writer_and_capture(llama, tmp_path / "a.safetensors", 6, resid_layers=[1])
+    score_tokenized(llama, prompts, responses, batch_tokens=32, capture=capture)
+    capture.remove()
+    writer.close()
+    acts = load_activations(tmp_path / "a.safetensors")
+    assert acts["resid"].shape == (6, 1, 64) and acts["heads"].shape == (6, 2, 4, 16)
+    for ex in range(3):
+        for j in range(2):
+            resid, heads = reference(llama, prompts[ex], responses[ex][j])
+            np.testing.assert_allclose(acts["resid"][ex * 2 + j, 0], resid[1], atol=2e-2, rtol=1e-2)
+            np.testing.assert_allclose(acts["heads"][ex * 2 + j], heads, atol=2e-2, rtol=1e-2)

@@ -44,9 +44,12 @@ def test_demonstrations_are_seeded_source_preferred_responses():
         assert all(marker_ok(d) for d in found)  # every demonstration shows the good answer
     # Demonstrations differ between examples (drawn per example).
     assert len({p.split("### Instruction")[1] for p in prompts}) > 1
+    # the prompts file keeps the data and the demonstrations; the scoring job assembles them
     out = few_shot_examples(target, source, n_shots=5, seed=0)
-    assert out.column("prompt").to_pylist() == prompts
-    assert out.drop(["prompt"]).equals(target.drop(["prompt"]))
+    assert out.drop(["demonstrations"]).equals(target)
+    demos = [[(d["prompt"], d["response"]) for d in ds] for ds in out["demonstrations"].to_pylist()]
+    rows = target.to_pylist()
+    assert [few_shot_prompt(d, r["prompt"]) for d, r in zip(demos, rows, strict=True)] == prompts
 
 
 def marker_ok(demo: str) -> bool:

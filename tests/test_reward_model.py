@@ -21,13 +21,7 @@ from genies.reward_model import (
 from genies.training import resolve_params
 from tests.fixtures import make_examples
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+TORCH_THREADS = 2  # pinned by tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -30,15 +30,7 @@ from .fixtures import tiny_llama
 
 VOCAB = 300
 ATOL = 1e-4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and stay fast on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+TORCH_THREADS = 1  # pinned by tests/conftest.py
 
 
 @pytest.fixture(scope="module")
