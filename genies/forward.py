@@ -34,7 +34,12 @@ from .zero_shot import FORWARD_SCHEMA
 
 log = logging.getLogger(__name__)
 
-SCORING_DEFAULTS = {"batch_tokens": 4096, "device": "auto", "dtype": "auto"}
+SCORING_DEFAULTS = {
+    "batch_tokens": 4096,
+    "device": "auto",
+    "dtype": "auto",
+    "activation_token": "last_token",
+}
 #: The `stimulus` of few-shot scores (their rows also carry the source in `train`).
 FEW_SHOT = "few_shot"
 
@@ -64,7 +69,10 @@ class _Pass:
     """One (split, stimulus): its tokenised texts, how they fit the model's context, and the
     activations it stores."""
 
-    def __init__(self, split, stimulus, examples, kinds, loaded, context_policy, train=None):
+    def __init__(
+        self, split, stimulus, examples, kinds, loaded, context_policy, train=None,
+        activation_token="last_token",
+    ):  # fmt: skip
         self.split, self.stimulus, self.examples, self.train = split, stimulus, examples, train
         tokenizer, layout = loaded.tokenizer, loaded.layout
         limit = max_positions(loaded.model, tokenizer)
@@ -102,6 +110,18 @@ class _Pass:
         )
         shapes = activation_shapes(self.n_rows, layout, "heads" in kinds, self.resid_layers)
         self.tensors = {tensor_name(split, stimulus, k): v for k, v in shapes.items()}
+        # Activations are read at the response's last token, before what the scoring appends
+        # to it (EOS, or a chat template's end of turn), as the published probes read them;
+        # `eos` reads the appended token instead.
+        self.read_offset = 0
+        if self.tensors and append_eos and activation_token == "last_token":
+            bare = tokenize_examples(
+                tokenizer, prompts, continuations, append_eos=False, assistant_starts=starts
+            )[1]
+            self.read_offset = np.array(
+                [len(full[0]) - len(plain[0]) for full, plain in
+                 zip(self.response_ids, bare, strict=True)]
+            )  # fmt: skip
 
     @property
     def label(self) -> str:
@@ -242,8 +262,9 @@ class _ModelJob:
 
     def new_pass(self, split, stimulus, examples, kinds, train=None) -> _Pass:
         return _Pass(
-            split, stimulus, examples, kinds, self.loaded, self.job["context_policy"], train
-        )
+            split, stimulus, examples, kinds, self.loaded, self.job["context_policy"], train,
+            self.scoring["activation_token"],
+        )  # fmt: skip
 
     def score(self, passes, scores_path, activations_path, dataset) -> None:
         """Score every pass; write the scores (and activations), with provenance."""
@@ -285,6 +306,7 @@ class _ModelJob:
                     progress=ProgressLog(f"{self.model_name}/{dataset}/{p.label}"),
                     capture=capture if p.tensors else None,
                     skip=p.fit.skipped,
+                    read_offset=p.read_offset,
                 )
                 tables.append(p.table(result))
                 stats[p.label] = {

@@ -44,6 +44,8 @@ PREDICTION = "results/predictions/{model}/{intervention}/{train}/{eval}.parquet"
 # A trained reward model's job predicts every dataset it is evaluated on, into one file.
 TUNED_PREDICTIONS = "results/predictions/{model}/{intervention}/{train}.parquet"
 DATABASE = "results/results.duckdb"
+VIEWER = "results/viewer/{model}"  # the per-example HTML viewer of a model (genies.viewer)
+CELL = "results/cells/{model}/{intervention}/{shift}.json"  # the single-cell target
 
 SPLITS = ("train", "test")
 NO_TRAIN = "none"

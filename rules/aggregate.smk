@@ -16,15 +16,17 @@ localrules:
 
 rule aggregate:
     input:
-        shifts="results/shifts.parquet",
+        shifts=SHIFTS,
         data=plan.data_files(),
         forward=plan.forward_files(),
         predictions=plan.prediction_files(),
         published=PUBLISHED_FILES,
     output:
-        "results/results.duckdb",
+        DATABASE,
     log:
         "results/logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate.tsv"
     conda:
         ENV
     params:
@@ -36,7 +38,7 @@ rule aggregate:
 
 rule report_tables:
     input:
-        "results/results.duckdb",
+        DATABASE,
     output:
         **{
             name: report(path, category="GENIES table", subcategory="{model}")
@@ -44,6 +46,8 @@ rule report_tables:
         },
     log:
         "results/logs/report_tables/{model}.log",
+    benchmark:
+        "results/benchmarks/report_tables/{model}.tsv"
     conda:
         ENV
     script:
@@ -54,11 +58,11 @@ rule report_tables:
 # in the report needs `snakemake --report report.zip` (an .html report cannot hold folders).
 rule viewer:
     input:
-        database="results/results.duckdb",
+        database=DATABASE,
         data=plan.data_files(),
     output:
         report(
-            directory("results/viewer/{model}"),
+            directory(VIEWER),
             htmlindex="index.html",
             caption="../report/viewer.rst",
             category="Per-example viewer",
@@ -66,6 +70,8 @@ rule viewer:
         ),
     log:
         "results/logs/viewer/{model}.log",
+    benchmark:
+        "results/benchmarks/viewer/{model}.tsv"
     conda:
         ENV
     script:
@@ -89,6 +95,8 @@ if PUBLISHED:
             **published.OUTPUTS,
         log:
             "results/logs/import_published.log",
+        benchmark:
+            "results/benchmarks/import_published.tsv"
         conda:
             ENV
         params:
@@ -101,21 +109,23 @@ if PUBLISHED:
 # not regenerate a missing intermediate file while the database built from it is current).
 rule genies_table:
     input:
-        "results/results.duckdb",
+        DATABASE,
         plan.prediction_files(),
         expand(list(REPORT_TEMPLATES.values()), model=plan.models),
-        expand("results/viewer/{model}", model=plan.models),
+        expand(VIEWER, model=plan.models),
 
 
 # One cell, rebuilt from only its own inputs: snakemake results/cells/<model>/<intervention>/<shift>.json
 rule cell:
     input:
-        shifts="results/shifts.parquet",
+        shifts=SHIFTS,
         predictions=lambda w: plan.cell_files(w.model, w.intervention, w.shift),
     output:
-        "results/cells/{model}/{intervention}/{shift}.json",
+        CELL,
     log:
         "results/logs/cell/{model}/{intervention}/{shift}.log",
+    benchmark:
+        "results/benchmarks/cell/{model}/{intervention}/{shift}.tsv"
     conda:
         ENV
     params:

@@ -28,6 +28,7 @@ from genies.gpus import config_gpus
 from genies.download import missing_data_message
 from genies.plan import (
     ADAPTER,
+    CELL,
     DATA,
     DATABASE,
     DOWNLOADED_DATA,
@@ -42,6 +43,7 @@ from genies.plan import (
     SHIFTS,
     SPLITS,
     TUNED_PREDICTIONS,
+    VIEWER,
     Plan,
 )
 
@@ -72,7 +74,10 @@ ENV = "../envs/genies.yaml"
 PROBES = plan.of_family("probe")
 TUNED = plan.of_family("tuned")
 # The scoring settings a forward pass depends on (normalisation only matters to predictions).
-SCORING = {k: config["scoring"][k] for k in ("batch_tokens", "device", "dtype")}
+SCORING = {
+    k: config["scoring"][k]
+    for k in ("batch_tokens", "device", "dtype", "activation_token")
+}
 
 
 def tune_params(wildcards):
@@ -132,6 +137,7 @@ def gpu_job_resources(job):
 
     resources = {
         "gpu": lambda w: config_gpus(config, w.model, quantization=quantization(w)),
+        "nodes": 1,  # a model's GPUs are on one node: accelerate spreads it over local devices
         "cpus_per_gpu": job_threads,
         "mem_mb": lambda w, attempt: cluster.host_mem_mb(
             spec(w), on_gpu, attempt, config["scoring"]["dtype"]

@@ -10,6 +10,8 @@ localrules:
 rule download_data:
     log:
         "results/logs/download_data.log",
+    benchmark:
+        "results/benchmarks/download_data.tsv"
     conda:
         ENV
     params:
@@ -29,6 +31,8 @@ rule materialise:
         DATA,
     log:
         "results/logs/materialise/{dataset}/{split}.log",
+    benchmark:
+        "results/benchmarks/materialise/{dataset}/{split}.tsv"
     conda:
         ENV
     resources:
@@ -49,6 +53,8 @@ rule shift_registry:
         SHIFTS,
     log:
         "results/logs/shift_registry.log",
+    benchmark:
+        "results/benchmarks/shift_registry.tsv"
     conda:
         ENV
     resources:

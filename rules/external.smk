@@ -40,6 +40,8 @@ rule predict_reward_model:
         PREDICTION,
     log:
         "results/logs/predict/{model}/{intervention}/{train}/{eval}.log",
+    benchmark:
+        "results/benchmarks/predict_reward_model/{model}/{intervention}/{train}/{eval}.tsv"
     wildcard_constraints:
         intervention=_alternatives(REWARD_MODELS or ["-"]),
         train="none",
@@ -61,6 +63,8 @@ rule predict_dpo:
         PREDICTION,
     log:
         "results/logs/predict/{model}/{intervention}/{train}/{eval}.log",
+    benchmark:
+        "results/benchmarks/predict_dpo/{model}/{intervention}/{train}/{eval}.tsv"
     wildcard_constraints:
         intervention=_alternatives(DPO or ["-"]),
         train="none",

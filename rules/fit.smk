@@ -11,6 +11,8 @@ rule fit_probe:
         info=FIT_INFO,
     log:
         "results/logs/fit/{model}/{intervention}/{train}.log",
+    benchmark:
+        "results/benchmarks/fit/{model}/{intervention}/{train}.tsv"
     wildcard_constraints:
         intervention=_alternatives(PROBES or ["-"]),
     conda:
@@ -41,6 +43,8 @@ rule predict_probe:
         PREDICTION,
     log:
         "results/logs/predict/{model}/{intervention}/{train}/{eval}.log",
+    benchmark:
+        "results/benchmarks/predict_probe/{model}/{intervention}/{train}/{eval}.tsv"
     wildcard_constraints:
         intervention=_alternatives(PROBES or ["-"]),
     conda:

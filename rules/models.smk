@@ -3,6 +3,8 @@ rule prepare_model:
         directory(MODEL_DIR),
     log:
         "results/logs/prepare_model/{model}.log",
+    benchmark:
+        "results/benchmarks/prepare_model/{model}.tsv"
     conda:
         ENV
     resources:

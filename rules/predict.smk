@@ -9,6 +9,8 @@ rule predict_zero_shot:
         PREDICTION,
     log:
         "results/logs/predict/{model}/{intervention}/{train}/{eval}.log",
+    benchmark:
+        "results/benchmarks/predict_zero_shot/{model}/{intervention}/{train}/{eval}.tsv"
     wildcard_constraints:
         intervention="zero_shot",
         train="none",
@@ -31,6 +33,8 @@ rule predict_random:
         PREDICTION,
     log:
         "results/logs/predict/{model}/{intervention}/{train}/{eval}.log",
+    benchmark:
+        "results/benchmarks/predict_random/{model}/{intervention}/{train}/{eval}.tsv"
     wildcard_constraints:
         intervention="random",
         train="none",
@@ -55,6 +59,8 @@ rule few_shot_prompts:
         FEW_SHOT_PROMPTS,
     log:
         "results/logs/few_shot_prompts/{train}/{eval}.log",
+    benchmark:
+        "results/benchmarks/few_shot_prompts/{train}/{eval}.tsv"
     conda:
         ENV
     resources:
@@ -78,6 +84,8 @@ rule predict_few_shot:
         PREDICTION,
     log:
         "results/logs/predict/{model}/{intervention}/{train}/{eval}.log",
+    benchmark:
+        "results/benchmarks/predict_few_shot/{model}/{intervention}/{train}/{eval}.tsv"
     wildcard_constraints:
         intervention="few_shot",
     conda:

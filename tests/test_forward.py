@@ -3,13 +3,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from genies.activations import load_activations
+from genies.activations import ActivationCapture, load_activations
 from genies.baselines import write_few_shot_examples
 from genies.data import materialise
 from genies.forward import resolve_layers, run_few_shot_scores, run_forward
 from genies.io import read_provenance
-from genies.models import prepare_model
+from genies.models import load_model, prepare_model
 from genies.probes import fit, load_probe_input
+from genies.scoring import score_tokenized, tokenize_examples
 from genies.stimuli import CONTRAST_QUESTION, stimulus_units
 
 from .fixtures import make_genies_folder
@@ -141,3 +142,28 @@ def test_ccs_fits_the_same_on_its_one_stored_layer_as_on_all_layers(setup):
 def ccs_input(setup, name):
     files = (setup / f"{name}.safetensors", setup / f"{name}.parquet")
     return load_probe_input("ccs", "tgt_b", "train", setup / "tgt_b.train.parquet", *files)
+
+
+def test_activations_are_read_at_the_last_response_token_or_the_eos(setup):
+    """last_token (default) reads the token before the EOS that log-prob scoring appends,
+    which is what reading the response without EOS gives; eos reads the appended EOS."""
+    work = {"test": {"plain": {"resid": "all"}}}
+    _, last = forward(setup, "read_last", work)
+    scoring = {**SCORING, "activation_token": "eos"}
+    run_forward(data_files={"test": setup / "tgt_b.test.parquet"}, model_dir=setup / "tiny",
+                scores_path=setup / "read_eos.parquet",
+                activations_path=setup / "read_eos.safetensors", model_name="tiny",
+                dataset="tgt_b", work=work, scoring=scoring, job={"threads": 1})  # fmt: skip
+    eos = load_activations(setup / "read_eos.safetensors")["test/plain/resid"]
+    loaded = load_model(setup / "tiny", device="cpu", dtype="float32")
+    cols = pq.read_table(setup / "tgt_b.test.parquet").to_pydict()
+    prompts, responses = tokenize_examples(
+        loaded.tokenizer, cols["prompt"], cols["responses"], append_eos=False
+    )
+    bare = np.zeros_like(eos)
+    capture = ActivationCapture(loaded.model, loaded.layout["num_heads"])
+    capture.target(resid=bare)
+    score_tokenized(loaded.model, prompts, responses, batch_tokens=256, capture=capture)
+    capture.remove()
+    np.testing.assert_array_equal(last["test/plain/resid"], bare)
+    assert not np.array_equal(eos, bare)

@@ -519,16 +519,22 @@ def test_gpu_jobs_ask_for_what_the_model_needs(tmp_path):
                      "path": str(fake_llama_dir(tmp_path / "llama-7b", "7b", shards=2))},
         "llama-30b": {"source": "local", "link": True, "params_b": 30, "gpus": 2,
                       "path": str(fake_llama_dir(tmp_path / "llama-30b", "30b", shards=7))},
+        # the same weights without `gpus`: the count follows from them and the GPU size
+        "sized-30b": {"source": "local", "link": True, "params_b": 30,
+                      "path": str(tmp_path / "llama-30b")},
     }  # fmt: skip
     config = workflow_config(data, models=models, run_models=list(models))
-    config["scoring"]["device"] = "cuda"
-    config["interventions"] = {"zero_shot": {}, "lora": TRAINED_INTERVENTIONS["lora"]}
+    config["scoring"].update(device="cuda", dtype="auto")  # bf16 on a GPU
+    config["memory"] = {"gpu_memory_gb": 80}
+    lora = {**TRAINED_INTERVENTIONS["lora"], "quantization": "nf4"}
+    config["interventions"] = {"zero_shot": {}, "lora": lora}
     config["capability_interventions"] = ["lora"]
     write_config(tmp_path, config)
     seen = {}
     for job in planned_jobs(tmp_path, site_env()):
         if job.rule in GPU_CLASS:
             res = job.resources
+            assert res["nodes"] == "1", (job.rule, res)  # a model's GPUs on one node
             seen[(job.rule, job.wildcards["model"])] = (
                 res["gpu"],
                 res["gpu_model"],
@@ -542,6 +548,9 @@ def test_gpu_jobs_ask_for_what_the_model_needs(tmp_path):
         # 6 GB of runtime + 1.25 x the largest shard (7.0 and 9.7 GB): far below the 13.5
         # and 65 GB of bf16 weights, which live on the GPUs
         assert (mem_7b, mem_30b) == (14346, 17538), (rule, mem_7b, mem_30b)
+    # 65 GB of bf16 weights take two 80 GB GPUs (at most 80% of each); the QLoRA training's
+    # 4-bit base (about 18 GB) takes one
+    assert seen[("forward", "sized-30b")][0] == "2" and seen[("tune", "sized-30b")][0] == "1"
 
 
 def test_a_retry_asks_for_more_memory_and_time_and_tells_the_job(dry_workdir):
