@@ -6,7 +6,7 @@ counts the sequences and tokens the model must process:
 * this workflow: one pass per (stimulus, dataset, split), shared by every method, every cell
   and zero-shot; prompts are computed once per example (prefix reuse) and the Yes/No answers
   of CRA/CCS share the prompt + response + question prefix;
-* the published design (genies-spec.md 4.7-4.11, 6.2): every method reruns the model at batch
+* the published design (docs/fidelity.md): every method reruns the model at batch
   size 1 for its training run on each source and target reference, and again for every
   evaluation: 2 texts per training pair (4 for CRA: Yes and No), 2 texts per evaluation pair
   (4 for CRA), CCS on a bootstrap of 100 training examples (2 texts x Yes/No) and, per target,

@@ -1,6 +1,6 @@
 """Few-shot prompting and the random baseline.
 
-Few-shot (paper appendix D.8, genies-spec.md 4.2): each evaluated example's prompt is prefixed
+Few-shot (paper appendix D.8, docs/fidelity.md): each evaluated example's prompt is prefixed
 with `n_shots` demonstrations from the source's training examples, each its prompt followed
 by its preferred response, in the published code's layout
 
@@ -15,7 +15,7 @@ of an example share its prompt.
 
 Random: a seeded fair coin per pair. It reports probability 0.5 for every pair and is correct
 when its coin says so; a tie is otherwise never a win (`genies.predictions`), which made the
-published random baseline score 0.0 instead of the expected 0.5 (genies-spec.md 4.12).
+published random baseline score 0.0 instead of the expected 0.5.
 """
 
 from __future__ import annotations

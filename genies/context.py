@@ -20,7 +20,7 @@ response alone (with BOS) does not fit is skipped under both policies.
 Few-shot prompts (`genies.baselines.fit_few_shot`) first drop demonstrations, the last one
 first, until the prompt fits with the example's longest response; the number kept is returned
 per example. Only an example that does not fit even with no demonstration goes on to the policy
-above. (Upstream dropped whole examples instead, genies-spec.md 4.2.)
+above. (Upstream dropped whole examples instead, docs/fidelity.md.)
 
 The reward models cut their texts with the same left cut (`cut_to_length`): a sequence longer
 than its limit keeps its first token and its last ``limit - 1`` (the reward is read at the

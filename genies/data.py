@@ -4,7 +4,7 @@ One row per example: a stable `example_id` (`<dataset>/<split>/<index>`), the pr
 responses in file order, the index of the preferred response, the evaluation pair expansion
 (`dispreferred`: the other responses in file order; evaluation pair `i` is preferred vs
 `dispreferred[i]`), a content fingerprint and the remaining record fields as JSON metadata.
-`prompt_format` is dropped: upstream's value is unreliable (genies-spec.md 1.2).
+`prompt_format` is dropped: upstream's value does not describe the prompts reliably.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def defect_warnings(
     train_table: pa.Table | None = None,
     long_example_chars: int | None = LONG_EXAMPLE_CHARS,
 ) -> list[str]:
-    """Known GENIES data defects (genies-spec.md 1.5), as human-readable warnings.
+    """Known GENIES data defects (docs/fidelity.md), as human-readable warnings.
 
     Also examples whose prompt plus longest response exceed `long_example_chars` characters
     (None: no check): they may not fit a model's context (`genies.context`).

@@ -1,6 +1,7 @@
 """Representation reading on cached activations: MMS, LAT (stimulus 1 and 2), CRA and CCS.
 
-The five methods of genies-spec.md 4.7-4.11 are one mechanism; they differ only in
+The five methods are one mechanism (their departures from the published code: docs/fidelity.md);
+they differ only in
 
     method  unit            forward stimulus -> per-text feature     direction rule
     mms     attention head  plain: heads                             mean difference

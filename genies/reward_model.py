@@ -6,7 +6,7 @@ final hidden state (after the model's final norm) at the LAST REAL token. Texts 
 (`genies.scoring.tokenize_examples`), so that token is the EOS. Batches are right-padded and
 the read position is ``attention_mask.sum(1) - 1`` (plus the virtual tokens for prompt
 tuning): it never depends on where ``pad_token_id`` occurs inside a text, unlike the published
-code (genies-spec.md 4.4). Sequences longer than ``max_length`` keep their first token (BOS)
+code (docs/fidelity.md). Sequences longer than ``max_length`` keep their first token (BOS)
 and their last ``max_length - 1`` tokens, so the response end (where the reward is read)
 always survives.
 

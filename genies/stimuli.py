@@ -2,9 +2,9 @@
 
 * `plain`: prompt + response + EOS. Zero-shot log-probs, MMS and LAT stimulus 1 read it
   (activations at the final EOS, which has seen the whole response).
-* `lat2`: prompt + the LAT stimulus-2 template around the response (genies-spec.md 4.9).
+* `lat2`: prompt + the LAT stimulus-2 template around the response (docs/fidelity.md).
 * `yesno`: prompt + response + the contrast question, continued by "Yes" and by "No"
-  (CRA and CCS, genies-spec.md 4.10-4.11). Both answers continue one shared prefix, so the
+  (CRA and CCS, docs/fidelity.md). Both answers continue one shared prefix, so the
   prompt, response and question are computed once for the pair of answers. Upstream's CCS
   copy wrote "###Does" without a space in one template; both answers use the spaced form.
 

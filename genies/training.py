@@ -37,7 +37,7 @@ removed after success). A rerun with the same inputs resumes from it; a SIGTERM 
 preemption, `scancel`, Snakemake stopping) makes the job finish its current step, write a
 checkpoint and stop with `TrainingInterrupted`; SIGKILL loses at most the steps since the last
 checkpoint. The final adapter is the checkpoint with the LOWEST validation loss (earliest on
-ties), not the last step as upstream (genies-spec.md 4.4).
+ties), not the last step as upstream (docs/fidelity.md).
 
 Output directory: `reward_model.safetensors` (trainable tensors of the selected step) and
 `reward_model.json` (params, seed, best step, validation and training-loss histories, data
@@ -100,7 +100,7 @@ from .training_data import PairOrder, choose_pairs, split_rows
 
 log = logging.getLogger(__name__)
 
-# The paper preset (appendix D.5/D.6, genies-spec.md 4.4-4.5): batch 32, 100 steps, lr 2e-4,
+# The paper preset (appendix D.5/D.6, docs/fidelity.md): batch 32, 100 steps, lr 2e-4,
 # LoRA r 64 / alpha 16 / dropout 0.1 on q_proj and v_proj (peft's Llama default: None),
 # checkpoints every 25 steps, 4-bit base.
 DEFAULT_PARAMS = {

@@ -5,7 +5,7 @@ per response token (`mean`). A pair's probability is the Bradley-Terry probabili
 sigmoid(s_preferred - s_dispreferred); the pair is correct when s_preferred > s_dispreferred.
 
 `sum` is the default: it ranks pairs exactly like the published code, whose score divided the
-total log-prob by a padded length shared by both responses of a pair (genies-spec.md 4.1), so
+total log-prob by a padded length shared by both responses of a pair (docs/fidelity.md), so
 it reproduces the published zero-shot accuracies. The probabilities differ from the published
 ones, which depended on batch padding. `mean` follows the paper's text.
 """

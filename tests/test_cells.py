@@ -407,8 +407,9 @@ def test_cells_pick_up_new_interventions_and_load_cell(tmp_path):
         load_cell(database, "m", "absent", "src_a__tgt_c")
 
 
-# genies-spec.md 5.5, llama-30b: shift (label), zero-shot baseline, target-tuned capability and
-# its intervention, then the generalisation accuracy of each intervention (columns below).
+# The published llama-30b results (GENIES.csv/all.csv of the paper's runs): shift (label),
+# zero-shot baseline, target-tuned capability and its intervention, then the generalisation
+# accuracy of each intervention (columns below).
 LLAMA30B_INTERVENTIONS = (
     "zero_shot few_shot prompt_tuning lora_fine_tuning ccs cra lat_stim_1 lat_stim_2 mms".split()
 )
@@ -451,7 +452,7 @@ def accuracy_group(intervention, train, eval_dataset, acc, n=10_000):
 
 
 def test_published_llama30b_differential_elicitation_is_reproduced():
-    """Per-shift accuracies of genies-spec 5.5 -> the published mean DE per intervention."""
+    """Published llama-30b per-shift accuracies -> the published mean DE per intervention."""
     capability_interventions = ["lora_fine_tuning", "prompt_tuning", "mms"]
     shifts, groups = [], []
     for line in LLAMA30B.strip().splitlines():

@@ -167,7 +167,7 @@ REAL = Path(__file__).resolve().parent.parent.parent / "shared/genies-data"
 
 @pytest.mark.skipif(not REAL.exists(), reason="real GENIES data not beside the project")
 def test_real_data_counts():
-    """All 66 real datasets validate with genies-spec.md 1.4's counts."""
+    """All 66 real datasets validate, with upstream's example counts."""
     from genies.data import load_split
 
     raw = RawData(REAL)

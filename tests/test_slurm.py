@@ -15,6 +15,7 @@ last checkpoint, not start again, and still train the same reward model as the l
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -449,6 +450,20 @@ def _tables(db: Path) -> dict:
         con.close()
 
 
+def _close(a, b) -> bool:
+    """Equal, except floats within float32 rounding of sums taken in another order."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    return a == b
+
+
+# The cancelled training's retry (attempt 2) plans halved micro-batches and scoring batches,
+# as after an out-of-memory failure: the same pairs and dropout masks, summed in another order,
+# so its losses and probabilities match the local run's to float rounding, not bit for bit.
 @pytest.mark.slurm
 def test_cluster_result_equals_local_run(cluster_run):
     local = _tables(cluster_run.local_dir / "results/results.duckdb")
@@ -456,7 +471,10 @@ def test_cluster_result_equals_local_run(cluster_run):
     assert local.keys() == cluster.keys() and "predictions" in local
     assert len(local["predictions"][1]) > 0
     for name in local:
-        assert cluster[name] == local[name], name
+        assert cluster[name][0] == local[name][0], name
+        assert len(cluster[name][1]) == len(local[name][1]), name
+        for cluster_row, local_row in zip(cluster[name][1], local[name][1], strict=True):
+            assert _close(cluster_row, local_row), (name, cluster_row, local_row)
 
 
 @pytest.mark.slurm
@@ -506,8 +524,9 @@ def test_cancelled_training_resumes_from_its_checkpoint(cluster_run):
     local_dir = cluster_run.local_dir / "results/tune/tiny/lora" / tune_dir.name
     local = json.loads((local_dir / "reward_model.json").read_text())
     assert local["resumed_from"] == []
-    for key in ("best_step", "validation", "train_loss"):
-        assert info[key] == local[key], key
+    assert info["best_step"] == local["best_step"]
+    for key in ("validation", "train_loss"):
+        assert _close(info[key], local[key]), (key, info[key], local[key])
 
 
 def test_gpu_jobs_ask_for_what_the_model_needs(tmp_path):
