@@ -28,7 +28,7 @@ from .io import RunRecord, write_parquet
 from .memory import Budget
 from .models import load_model, resolve_device
 from .progress import ProgressLog
-from .scoring import score_tokenized, tokenize_examples
+from .scoring import appended_tokens, score_tokenized, tokenize_examples
 from .stimuli import stimulus_turns
 from .zero_shot import FORWARD_SCHEMA
 
@@ -114,14 +114,8 @@ class _Pass:
         # to it (EOS, or a chat template's end of turn), as the published probes read them;
         # `eos` reads the appended token instead.
         self.read_offset = 0
-        if self.tensors and append_eos and activation_token == "last_token":
-            bare = tokenize_examples(
-                tokenizer, prompts, continuations, append_eos=False, assistant_starts=starts
-            )[1]
-            self.read_offset = np.array(
-                [len(full[0]) - len(plain[0]) for full, plain in
-                 zip(self.response_ids, bare, strict=True)]
-            )  # fmt: skip
+        if self.tensors and activation_token == "last_token":
+            self.read_offset = appended_tokens(tokenizer, prompts, append_eos)
 
     @property
     def label(self) -> str:

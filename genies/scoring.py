@@ -255,20 +255,11 @@ def tokenize_examples(
     if chat_template:
         turns = chat.turns(tokenizer, prompts)
         prompts, add_bos, ends = turns.before, False, turns.after
-    elif append_eos and eos is None:
-        raise ValueError("append_eos=True but the tokenizer has no eos_token_id")
     if assistant_starts is not None:
         prompts = [p + s for p, s in zip(prompts, assistant_starts, strict=True)]
-
-    def encode(texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        # verbose=False: no "longer than the maximum" warning; genies.context checks lengths
-        encoded = tokenizer(texts, add_special_tokens=False, verbose=False)
-        return [list(ids) for ids in encoded["input_ids"]]
-
-    prompt_ids = encode(list(prompts))
-    flat = encode([r for rs in responses for r in rs])
+    end_ids = _response_ends(tokenizer, len(responses), append_eos, ends)
+    prompt_ids = _encode(tokenizer, list(prompts))
+    flat = _encode(tokenizer, [r for rs in responses for r in rs])
 
     fallback = bos if bos is not None else eos
     out_prompts: list[list[int]] = []
@@ -281,18 +272,47 @@ def tokenize_examples(
             ids = [fallback]
         out_prompts.append(ids)
 
-    end_ids = None
-    if ends is not None:  # the chat template's end of turn of each example
-        distinct = list(dict.fromkeys(ends))
-        by_text = dict(zip(distinct, encode(distinct), strict=True))
-        end_ids = [by_text[text] for text in ends]
     out_responses: list[list[list[int]]] = []
     pos = 0
     for i, rs in enumerate(responses):
-        end = (end_ids[i] if end_ids is not None else [eos]) if append_eos else []
-        out_responses.append([[*ids, *end] for ids in flat[pos : pos + len(rs)]])
+        out_responses.append([[*ids, *end_ids[i]] for ids in flat[pos : pos + len(rs)]])
         pos += len(rs)
     return out_prompts, out_responses
+
+
+def appended_tokens(
+    tokenizer, prompts: Sequence[str], append_eos: bool = True, chat_template: bool | None = None
+) -> np.ndarray:
+    """Per example, how many tokens `tokenize_examples` appends to each of its responses
+    (EOS, or the chat template's end of turn; 0 without `append_eos`), without tokenising the
+    texts again."""
+    if chat_template is None:
+        chat_template = chat.requested(tokenizer)
+    ends = chat.turns(tokenizer, prompts).after if chat_template else None
+    return np.array([len(e) for e in _response_ends(tokenizer, len(prompts), append_eos, ends)])
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    # verbose=False: no "longer than the maximum" warning; genies.context checks lengths
+    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+def _response_ends(tokenizer, n: int, append_eos: bool, ends) -> list[list[int]]:
+    """The ids appended to every response of each of `n` examples: nothing without
+    `append_eos`, else the chat template's end of turn (`ends`, text per example) or EOS."""
+    if not append_eos:
+        return [[]] * n
+    if ends is not None:
+        distinct = list(dict.fromkeys(ends))
+        by_text = dict(zip(distinct, _encode(tokenizer, distinct), strict=True))
+        return [by_text[text] for text in ends]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise ValueError("append_eos=True but the tokenizer has no eos_token_id")
+    return [[eos]] * n
 
 
 # --------------------------------------------------------------------------- helpers

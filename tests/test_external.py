@@ -22,7 +22,7 @@ from genies.forward import run_forward
 from genies.models import ModelError, load_model, prepare_model
 from genies.plan import Plan
 from genies.reward_model import encode_examples
-from genies.scoring import score_naive, score_tokenized, tokenize_examples
+from genies.scoring import appended_tokens, score_naive, score_tokenized, tokenize_examples
 from genies.stimuli import CONTRAST_QUESTION, stimulus_turns, stimulus_units
 from genies.tiny_model import TINY_CHAT_TEMPLATE, build_tiny, train_tiny_tokenizer
 
@@ -69,6 +69,18 @@ def test_chat_texts_are_the_templates_conversation_with_one_bos(chat_tokenizer):
     plain_p, plain_r = tokenize_examples(tok, PROMPTS, RESPONSES, chat_template=False)
     assert plain_p[0] == [tok.bos_token_id, *tok(PROMPTS[0], add_special_tokens=False).input_ids]
     assert plain_r[0][0][-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize("chat_template", [True, False])
+def test_appended_tokens_is_what_tokenize_examples_appends(chat_tokenizer, chat_template):
+    """The activation read position comes from it: the end of turn (2 tokens here) or EOS."""
+    tok = chat_tokenizer
+    full = tokenize_examples(tok, PROMPTS, RESPONSES, chat_template=chat_template)[1]
+    bare = tokenize_examples(tok, PROMPTS, RESPONSES, False, False, chat_template)[1]
+    want = [len(f[0]) - len(b[0]) for f, b in zip(full, bare, strict=True)]
+    got = appended_tokens(tok, PROMPTS, chat_template=chat_template)
+    assert got.tolist() == want == [2 if chat_template else 1] * len(PROMPTS)
+    assert appended_tokens(tok, PROMPTS, False, chat_template).tolist() == [0] * len(PROMPTS)
 
 
 def test_a_template_without_bos_gets_none(chat_tokenizer):
