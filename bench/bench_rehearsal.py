@@ -13,6 +13,7 @@ the failing jobs' logs.
 
     .venv/bin/python bench/bench_rehearsal.py [--cores 2] [--steps 3] [--workdir DIR]
         [--data-dir ../shared/genies-data] [--published ../shared/genies-published/results]
+        [--report-only]   # print the figures of a finished run in --workdir again
 
 It takes about an hour on 2 cores; it is not part of the tests.
 """
@@ -26,7 +27,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -54,7 +54,7 @@ def rehearsal_config(data_dir: str, published: str | None, steps: int) -> dict:
 
 
 def rule_of(tsv: Path, root: Path) -> str:
-    return tsv.relative_to(root).parts[0]
+    return tsv.relative_to(root).parts[0].removesuffix(".tsv")
 
 
 def benchmarks(workdir: Path) -> dict[str, list[tuple[float, float, str]]]:
@@ -87,36 +87,29 @@ def context_counts(database: Path) -> list[tuple]:
         con.close()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--cores", default="2")
-    ap.add_argument("--steps", type=int, default=3, help="training steps of LoRA / prompt tuning")
-    ap.add_argument("--data-dir", default=str(SHARED / "genies-data"))
-    ap.add_argument("--published", default=str(SHARED / "genies-published/results"))
-    ap.add_argument("--workdir", help="scratch directory (default: a new temporary one, kept)")
-    args = ap.parse_args()
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rehearsal_")).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = rehearsal_config(
-        str(Path(args.data_dir).resolve()),
-        str(Path(args.published).resolve()) if args.published else None,
-        args.steps,
-    )
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "snakemake", "genies_table",
-           "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", args.cores,
-           "--keep-going"]  # fmt: skip
-    print(f"workdir {workdir}; load avg {os.getloadavg()}; {' '.join(cmd[2:])}", flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    text = proc.stdout + proc.stderr
-    (workdir / "rehearsal.log").write_text(text)
+def demonstrations_kept(workdir: Path) -> list[tuple[int, int]]:
+    """(shots kept, prompts) over every (train, test example) few-shot prompt."""
+    import duckdb
+
+    scores = workdir / "results/few_shot_scores/tiny/*.parquet"
+    return duckdb.execute(
+        "select shots, count(*) from (select train, example_id, min(shots_kept) as shots "
+        "from read_parquet(?) group by all) group by all order by shots",
+        [str(scores)],
+    ).fetchall()
+
+
+def report(workdir: Path, text: str, returncode: int | None) -> None:
+    """Print the figures of a run from its /usr/bin/time -v output and its results folder."""
     usage = dict(re.findall(r"^\s+(Maximum resident set size \(kbytes\)|User time \(seconds\)|"
-                            r"System time \(seconds\)): (\S+)$", text, flags=re.M))  # fmt: skip
+                            r"System time \(seconds\)|Elapsed \(wall clock\) time \(h:mm:ss or "
+                            r"m:ss\)|Exit status): (\S+)$", text, flags=re.M))  # fmt: skip
+    elapsed = usage["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":")
+    wall = sum(float(part) * 60**i for i, part in enumerate(reversed(elapsed)))
+    if returncode is None:
+        returncode = int(usage.get("Exit status", -1))
     done = re.findall(r"(\d+) of (\d+) steps \(\d+%\) done", text)
-    print(f"exit {proc.returncode}; wall {wall / 60:.1f} min; steps {done[-1] if done else '?'}")
+    print(f"exit {returncode}; wall {wall / 60:.1f} min; steps {done[-1] if done else '?'}")
     peak = int(usage["Maximum resident set size (kbytes)"]) / 1024
     cpu = float(usage["User time (seconds)"]) + float(usage["System time (seconds)"])
     # /usr/bin/time counts the processes Snakemake waited for: all jobs, the largest one's RSS
@@ -140,6 +133,49 @@ def main() -> None:
         print("context policy per intervention (pairs skipped, pairs cut, pairs scored):")
         for row in context_counts(database):
             print(f"  {row[0]:<14} {row[1]} {row[2]} {row[3]}")
+    if (results / "few_shot_scores").exists():
+        kept = demonstrations_kept(workdir)
+        total = sum(n for _, n in kept)
+        print(f"few-shot prompts by demonstrations kept ({total} (train, test example) prompts):")
+        print("  " + ", ".join(f"{shots}: {n} ({n / total:.1%})" for shots, n in kept))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--cores", default="2")
+    ap.add_argument("--steps", type=int, default=3, help="training steps of LoRA / prompt tuning")
+    ap.add_argument("--data-dir", default=str(SHARED / "genies-data"))
+    ap.add_argument("--published", default=str(SHARED / "genies-published/results"))
+    ap.add_argument("--workdir", help="scratch directory (default: a new temporary one, kept)")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="do not run; print the figures of the finished run in --workdir",
+    )
+    args = ap.parse_args()
+    if args.report_only:
+        if not args.workdir or not (Path(args.workdir) / "rehearsal.log").exists():
+            sys.exit("--report-only needs the --workdir of a finished rehearsal")
+        workdir = Path(args.workdir).resolve()
+        report(workdir, (workdir / "rehearsal.log").read_text(), None)
+        return
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rehearsal_")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = rehearsal_config(
+        str(Path(args.data_dir).resolve()),
+        str(Path(args.published).resolve()) if args.published else None,
+        args.steps,
+    )
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "snakemake", "genies_table",
+           "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), "--cores", args.cores,
+           "--keep-going"]  # fmt: skip
+    print(f"workdir {workdir}; load avg {os.getloadavg()}; {' '.join(cmd[2:])}", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    text = proc.stdout + proc.stderr
+    (workdir / "rehearsal.log").write_text(text)
+    report(workdir, text, proc.returncode)
     if proc.returncode != 0:
         print("FAILED jobs (see the logs below):")
         for log in re.findall(r"^\s+log: (\S+) \(check log file", text, flags=re.M):
