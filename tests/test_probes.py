@@ -537,15 +537,16 @@ def test_fit_logistic_on_texts_without_spread():
     assert abs(got.intercept[0] - ref.intercept_[0]) < 1e-5
 
 
+@pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("method", ["mms", "lat1"])
-def test_fit_does_not_depend_on_threads(method, data, fitted):
-    """On 2 torch threads the units are fitted in chunks side by side (one thread each): the
-    same probes as on one thread, and torch's thread count is restored."""
+def test_fit_does_not_depend_on_threads(method, threads, data, fitted):
+    """On several torch threads the units are fitted in chunks side by side (one thread each):
+    bit for bit the probes of one thread, and torch's thread count is restored."""
     src = inputs(method, "source", *data["source"])
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     try:
         state = fit(method, src, {"n_units": 2}, seed=0)
-        assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(TORCH_THREADS)
     assert state.info == fitted[method].info
