@@ -12,8 +12,8 @@ pairs), before (the library at git revision `--before`: float64 probes, QR reduc
 after, on 1 and 2 threads, in one run so that the ratios share the machine's load; also the
 agreement of the units each selects. Wall time and CPU time: on a machine without idle
 cores, a second thread cannot shorten the wall time, but a CPU time that stays that of one
-thread shows it costs nothing to run. `--layers N` times the first N layers only (with
-fewer chunks of units than threads, the threads are torch's own: see `genies.probes`).
+thread shows it costs nothing to run. `--layers N` times the first N layers only (a fit of
+a single unit, LAT with `--layers 1`, runs on torch's own threads: see `genies.probes`).
 
     .venv/bin/python bench/bench_probes.py [--examples 64] [--k 4] [--threads 1] [--sklearn]
     .venv/bin/python bench/bench_probes.py --30b [--layers 60] [--before da7015f] [--float64]

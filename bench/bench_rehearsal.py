@@ -99,17 +99,16 @@ def demonstrations_kept(workdir: Path) -> list[tuple[int, int]]:
     ).fetchall()
 
 
-def report(workdir: Path, text: str, returncode: int | None) -> None:
+def report(workdir: Path, text: str) -> None:
     """Print the figures of a run from its /usr/bin/time -v output and its results folder."""
     usage = dict(re.findall(r"^\s+(Maximum resident set size \(kbytes\)|User time \(seconds\)|"
                             r"System time \(seconds\)|Elapsed \(wall clock\) time \(h:mm:ss or "
                             r"m:ss\)|Exit status): (\S+)$", text, flags=re.M))  # fmt: skip
     elapsed = usage["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":")
     wall = sum(float(part) * 60**i for i, part in enumerate(reversed(elapsed)))
-    if returncode is None:
-        returncode = int(usage.get("Exit status", -1))
     done = re.findall(r"(\d+) of (\d+) steps \(\d+%\) done", text)
-    print(f"exit {returncode}; wall {wall / 60:.1f} min; steps {done[-1] if done else '?'}")
+    steps = done[-1] if done else "?"
+    print(f"exit {usage['Exit status']}; wall {wall / 60:.1f} min; steps {steps}")
     peak = int(usage["Maximum resident set size (kbytes)"]) / 1024
     cpu = float(usage["User time (seconds)"]) + float(usage["System time (seconds)"])
     # /usr/bin/time counts the processes Snakemake waited for: all jobs, the largest one's RSS
@@ -157,7 +156,7 @@ def main() -> None:
         if not args.workdir or not (Path(args.workdir) / "rehearsal.log").exists():
             sys.exit("--report-only needs the --workdir of a finished rehearsal")
         workdir = Path(args.workdir).resolve()
-        report(workdir, (workdir / "rehearsal.log").read_text(), None)
+        report(workdir, (workdir / "rehearsal.log").read_text())
         return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rehearsal_")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +174,7 @@ def main() -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     text = proc.stdout + proc.stderr
     (workdir / "rehearsal.log").write_text(text)
-    report(workdir, text, proc.returncode)
+    report(workdir, text)
     if proc.returncode != 0:
         print("FAILED jobs (see the logs below):")
         for log in re.findall(r"^\s+log: (\S+) \(check log file", text, flags=re.M):
