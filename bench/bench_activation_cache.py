@@ -1,11 +1,11 @@
 """Bytes of the activation cache per model at the paper preset, before and after the forward
 job stored only what a configured method reads (computed from shapes and counts; nothing runs).
 
-Rows per (dataset, split, stimulus) come from the real data (examples x responses, x 2 answers
-for the yes/no stimulus). Before: every forward job (one per stimulus, dataset and split
-needed, the zero-shot ones included) stored the residual stream of every layer and every
-attention head's output, float16. Now: `genies.plan.Plan.forward_work` (heads only where MMS
-or CRA read them, the residual layers where LAT reads them, and the one yes/no layer of CCS).
+Rows per (dataset, split, stimulus) come from the real data (examples x responses, x 2 answers for
+the yes/no stimulus). Before: every forward job (one per stimulus, dataset and split needed, the
+zero-shot ones included) stored the residual stream of every layer and every attention head's
+output, float16. Now: `genies.pipeline.plan.Plan.forward_work` (heads only where MMS or CRA read
+them, the residual layers where LAT reads them, and the one yes/no layer of CCS).
 
     .venv/bin/python bench/bench_activation_cache.py [--data-dir ../shared/genies-data]
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from genies import interventions as registry
-from genies.plan import Plan
-from genies.raw import RawData, split_path
+from genies.data.raw import RawData, split_path
+from genies.pipeline import interventions as registry
+from genies.pipeline.plan import Plan
 
 REPO = Path(__file__).resolve().parent.parent
 # (layers, hidden) of the LLaMA shapes; heads x head_dim = hidden, so one layer's head

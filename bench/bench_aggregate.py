@@ -5,8 +5,8 @@ them untrained, train = none) over S shifts among D datasets, with every file a 
 (source -> target, source -> source, reference -> reference; the untrained ones once per eval
 dataset). Pairs per file are chosen so the total is about --rows. Every shift is put in the
 GENIES set (and in the extreme or probing set by its label), so the paired prompt bootstrap
-(`genies.significance`, 1000 draws) covers all of them: the worst case. Then times
-`genies.aggregate.build_database` and prints its per-step seconds, the number of cells and
+(`genies.results.significance`, 1000 draws) covers all of them: the worst case. Then times
+`genies.results.aggregate.build_database` and prints its per-step seconds, the number of cells and
 what the bootstrap covered.
 
     .venv/bin/python bench/bench_aggregate.py [--rows 1000000] [--models 3] [--interventions 10]
@@ -23,11 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genies.aggregate import build_database
+from genies.data.predictions import PREDICTION_SCHEMA
+from genies.data.shifts import Shift, shifts_table
 from genies.io import write_parquet
-from genies.predictions import PREDICTION_SCHEMA
-from genies.shifts import Shift, shifts_table
-from genies.significance import N_RESAMPLES
+from genies.results.aggregate import build_database
+from genies.results.significance import N_RESAMPLES
 
 UNTRAINED = ("zero_shot", "random")
 

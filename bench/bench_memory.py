@@ -1,4 +1,4 @@
-"""Benchmark of the memory model (genies.memory) on this CPU: planned against measured peaks.
+"""Benchmark of the memory model (genies.models.memory) on this CPU: planned against measured peaks.
 
 Training: SmolLM2-135M LoRA at the paper settings (32 pairs per step, no max_length, r 64,
 alpha 16, dropout 0.1, dtype auto) for 2 steps on the GENIES dataset with the longest
@@ -11,7 +11,7 @@ one forward of all 32 pairs needs tens of GB here, so that run sets `micro_batch
 Every run is its own subprocess. The peak RSS above the loaded model is measured by resetting
 the kernel's high-water mark (/proc/self/clear_refs) after loading and reading VmHWM after
 the run (a psutil sampler where that is not allowed). "planned" is the memory model's peak
-of live tensors times the CPU allocator overhead (genies.memory.ALLOCATOR_OVERHEAD).
+of live tensors times the CPU allocator overhead (genies.models.memory.ALLOCATOR_OVERHEAD).
 
     .venv/bin/python bench/bench_memory.py [--model-dir DIR] [--data DIR] [--threads 2]
         [--budget-gb 0.5] [--micro 4] [--examples 48] [--only train|score]
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genies.memory import (
+from genies.models.memory import (
     ALLOCATOR_OVERHEAD,
     GIB,
     Budget,
@@ -129,12 +129,12 @@ def longest_responses(data: str) -> str:
 def run_training(args) -> dict:
     import torch
 
-    from genies.data import load_split
-    from genies.raw import RawData
-    from genies.reward_model import build_reward_model, encode_examples, pad_id_of
+    from genies.data.materialise import load_split
+    from genies.data.raw import RawData
+    from genies.methods.tuned.reward_model import build_reward_model, encode_examples, pad_id_of
+    from genies.methods.tuned.training import memory_plan, resolve_params, train_step
+    from genies.methods.tuned.training_data import PairOrder, choose_pairs
     from genies.seeds import derive_seed
-    from genies.training import memory_plan, resolve_params, train_step
-    from genies.training_data import PairOrder, choose_pairs
 
     torch.set_num_threads(args.threads)
     micro = None if args.budget_gb else args.micro
@@ -181,10 +181,11 @@ def run_training(args) -> dict:
 def run_scoring(args) -> dict:
     import torch
 
-    from genies.data import load_split
-    from genies.models import load_model
-    from genies.raw import RawData
-    from genies.scoring import score_tokenized, tokenize_examples
+    from genies.data.materialise import load_split
+    from genies.data.raw import RawData
+    from genies.forward.scoring import score_tokenized
+    from genies.models.loading import load_model
+    from genies.models.tokens import tokenize_examples
 
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model_dir, device="cpu")
@@ -247,9 +248,9 @@ def measured_lengths(data: str, model_dir: str) -> dict:
     """Token lengths over every GENIES split with the SmolLM2 tokenizer (BOS, EOS included)."""
     from transformers import AutoTokenizer
 
-    from genies.data import load_split
-    from genies.raw import RawData
-    from genies.scoring import tokenize_examples
+    from genies.data.materialise import load_split
+    from genies.data.raw import RawData
+    from genies.models.tokens import tokenize_examples
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     raw = RawData(data)
@@ -405,7 +406,7 @@ def main() -> None:
 
     model_dir = Path(args.model_dir)
     if not (model_dir / "config.json").exists():
-        from genies.models import prepare_model
+        from genies.models.loading import prepare_model
 
         model_dir = Path(tempfile.mkdtemp()) / "smollm2"
         prepare_model({"source": "smollm2"}, model_dir)

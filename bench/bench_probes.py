@@ -13,7 +13,7 @@ after, on 1 and 2 threads, in one run so that the ratios share the machine's loa
 agreement of the units each selects. Wall time and CPU time: on a machine without idle
 cores, a second thread cannot shorten the wall time, but a CPU time that stays that of one
 thread shows it costs nothing to run. `--layers N` times the first N layers only (a fit of
-a single unit, LAT with `--layers 1`, runs on torch's own threads: see `genies.probes`).
+a single unit, LAT with `--layers 1`, runs on torch's own threads: see `genies.methods.probes`).
 
     .venv/bin/python bench/bench_probes.py [--examples 64] [--k 4] [--threads 1] [--sklearn]
     .venv/bin/python bench/bench_probes.py --30b [--layers 60] [--before da7015f] [--float64]
@@ -38,8 +38,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from genies import probes
-from genies.probes import METHODS, fit, predict, probe_input, training_pairs
+from genies.methods import probes
+from genies.methods.probes import METHODS, fit, predict, probe_input, training_pairs
 
 LAYERS, HEADS, HEAD_DIM, HIDDEN = 30, 9, 64, 576
 
@@ -142,7 +142,7 @@ def synthetic_30b(tensor, n, k, layers, seed):
 
 
 def library_at(rev):
-    """`genies.probes` as of git revision `rev`, imported as a separate package."""
+    """`genies.methods.probes` as of git revision `rev`, imported as a separate package."""
     root = Path(__file__).resolve().parents[1]
     archive = subprocess.run(
         ["git", "-C", str(root), "archive", rev, "genies"], capture_output=True, check=True

@@ -32,12 +32,12 @@ from pathlib import Path
 import yaml
 from transformers import AutoTokenizer
 
-from genies.config import validate_config
-from genies.data import load_split
-from genies.plan import Plan
-from genies.probes import METHODS
-from genies.scoring import tokenize_examples
-from genies.stimuli import stimulus_units
+from genies.data.materialise import load_split
+from genies.data.stimuli import stimulus_units
+from genies.methods.probes import METHODS
+from genies.models.tokens import tokenize_examples
+from genies.pipeline.config import validate_config
+from genies.pipeline.plan import Plan
 
 PROBES = ("mms", "lat1", "lat2", "cra", "ccs")
 CCS_TRAIN_EXAMPLES = 100  # published default max_examples

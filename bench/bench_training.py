@@ -29,18 +29,18 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from genies.data import load_split
-from genies.models import prepare_model
-from genies.raw import RawData
-from genies.reward_model import (
+from genies.data.materialise import load_split
+from genies.data.raw import RawData
+from genies.methods.tuned.reward_model import (
     build_reward_model,
     collate,
     encode_examples,
     pad_id_of,
     preference_loss,
 )
-from genies.training import resolve_params, train_reward_model, train_step
-from genies.training_data import choose_pairs
+from genies.methods.tuned.training import resolve_params, train_reward_model, train_step
+from genies.methods.tuned.training_data import choose_pairs
+from genies.models.loading import prepare_model
 
 # Few pairs and steps: what a CPU can train in a minute (config/cpu-all.yaml uses similar sizes).
 CPU_PRESET = {

@@ -1,13 +1,13 @@
 """Benchmark the per-example viewer at the paper preset's size.
 
 Materialises the real test splits of every target of the `all` shift set (56 shifts) capped at
---examples (250), and writes synthetic predictions: for the model and --published published
-models, --interventions interventions per shift (zero_shot and random untrained, the others
-trained on the source) with random probabilities. The `cells` table holds only what the viewer
-reads (the cells' train datasets, accuracies and DE are not computed). Then times
-`genies.viewer.write_viewer` and prints the files' sizes; with --browser it also opens the page
-in headless Chromium (Debian's chromium + chromium-driver, selenium) and times drawing the
-largest shift at 25 examples per page and with all examples on one page.
+--examples (250), and writes synthetic predictions: for the model and --published published models,
+--interventions interventions per shift (zero_shot and random untrained, the others trained on the
+source) with random probabilities. The `cells` table holds only what the viewer reads (the cells'
+train datasets, accuracies and DE are not computed). Then times `genies.results.viewer.write_viewer`
+and prints the files' sizes; with --browser it also opens the page in headless Chromium (Debian's
+chromium + chromium-driver, selenium) and times drawing the largest shift at 25 examples per page
+and with all examples on one page.
 
     .venv/bin/python bench/bench_viewer.py [--data ../shared/genies-data] [--examples 250]
         [--interventions 10] [--published 4] [--browser]
@@ -24,12 +24,12 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from genies.data import load_split
+from genies.data.materialise import load_split
+from genies.data.predictions import expand_pairs, predictions_table
+from genies.data.raw import RawData
+from genies.data.shifts import load_shifts
 from genies.io import write_parquet
-from genies.predictions import expand_pairs, predictions_table
-from genies.raw import RawData
-from genies.shifts import load_shifts
-from genies.viewer import shift_file_name, write_viewer
+from genies.results.viewer import shift_file_name, write_viewer
 
 MODEL = "bench-7b"
 UNTRAINED = ("zero_shot", "random")

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 
-from genies.data import load_split
-from genies.models import load_model, prepare_model
-from genies.raw import RawData
-from genies.scoring import score_naive, score_tokenized, tokenize_examples
+from genies.data.materialise import load_split
+from genies.data.raw import RawData
+from genies.forward.scoring import score_naive, score_tokenized
+from genies.models.loading import load_model, prepare_model
+from genies.models.tokens import tokenize_examples
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ trained on the sample's texts, and with it:
    per-head activations of every layer captured), plus one 5-shot dataset whose demonstrations
    must be dropped to fit 2048 positions;
 2. trains LoRA and QLoRA reward models (NF4 base, quantised in memory) for a few steps of 32
-   pairs each, under the memory plan (`genies.memory`);
+   pairs each, under the memory plan (`genies.models.memory`);
 3. prints tokens/s, pairs/s and the peak GPU memory (torch.cuda.max_memory_allocated) of each
    stage beside the planned figure.
 
@@ -73,8 +73,8 @@ def prepare(genies_data: Path, out: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from genies.data import load_split
-    from genies.raw import RawData
+    from genies.data.materialise import load_split
+    from genies.data.raw import RawData
 
     raw = RawData(genies_data)
     tables = [load_split(raw, d, "test").slice(0, N_TEST) for d in SCORE_DATASETS]
@@ -129,7 +129,7 @@ def build_llama(dims: dict, tokenizer, device, dtype, seed: int = 0):
     import torch
     from transformers import LlamaForCausalLM
 
-    from genies.tiny_model import tiny_config, tiny_params
+    from genies.models.tiny import tiny_config, tiny_params
 
     config = tiny_config(tiny_params({**dims, "seed": seed}), tokenizer)
     config._attn_implementation = "sdpa"
@@ -153,7 +153,7 @@ def quantise_nf4(model, compute_dtype, device) -> None:
     import bitsandbytes as bnb
     import torch
 
-    from genies.activations import decoder_layers
+    from genies.forward.activations import decoder_layers
 
     for layer in decoder_layers(model):
         for parent in list(layer.modules()):
@@ -232,9 +232,10 @@ def score_stage(loaded, name: str, prompts, responses, args, plans, shots=None) 
     """Score one dataset like the forward job: context policy, per-head activations captured."""
     import numpy as np
 
-    from genies.activations import ActivationCapture
-    from genies.context import fit_examples, max_positions
-    from genies.scoring import score_tokenized, tokenize_examples
+    from genies.forward.activations import ActivationCapture
+    from genies.forward.scoring import score_tokenized
+    from genies.models.context import fit_examples, max_positions
+    from genies.models.tokens import tokenize_examples
 
     tok, model, layout = loaded.tokenizer, loaded.model, loaded.layout
     prompt_ids, response_ids = tokenize_examples(tok, prompts, responses)
@@ -287,12 +288,13 @@ def score_stage(loaded, name: str, prompts, responses, args, plans, shots=None) 
 
 
 def few_shot_inputs(eval_table, source_table, tokenizer, seed: int = 0):
-    """5-shot prompts that fit (`genies.baselines.fit_few_shot`) and the demonstrations kept."""
+    """5-shot prompts that fit (`genies.forward.baselines.fit_few_shot`) and the demonstrations
+    kept."""
     import numpy as np
 
-    from genies.baselines import fit_few_shot
-    from genies.context import max_positions, prompt_token_counter
-    from genies.scoring import tokenize_examples
+    from genies.forward.baselines import fit_few_shot
+    from genies.models.context import max_positions, prompt_token_counter
+    from genies.models.tokens import tokenize_examples
 
     src = source_table.select(["prompt", "responses", "preferred"]).to_pydict()
     pool = [(p, r[k]) for p, r, k in zip(*src.values(), strict=True)]
@@ -314,12 +316,13 @@ def few_shot_inputs(eval_table, source_table, tokenizer, seed: int = 0):
 
 
 def build_in_memory(loaded, params):
-    """`genies.reward_model.build_reward_model` around a model that exists only in memory.
+    """`genies.methods.tuned.reward_model.build_reward_model` around a model that exists only in
+    memory.
 
     It loads its base from a folder with `load_model`; this hands it `loaded` instead, so the
     7B weights are never written to disk.
     """
-    import genies.reward_model as reward_model
+    import genies.methods.tuned.reward_model as reward_model
 
     original = reward_model.load_model
     reward_model.load_model = lambda *args, **kwargs: loaded
@@ -334,8 +337,8 @@ def train_stage(loaded, table, quantization, args, plans) -> dict:
     """A few LoRA (or QLoRA) steps of `args.batch_pairs` pairs under the memory plan."""
     import torch
 
-    import genies.reward_model as reward_model
-    from genies.training import resolve_params, train_step
+    import genies.methods.tuned.reward_model as reward_model
+    from genies.methods.tuned.training import resolve_params, train_step
 
     tok = loaded.tokenizer
     cols = table.select(["prompt", "responses", "preferred", "dispreferred"]).to_pydict()
@@ -413,11 +416,12 @@ def multidevice_stage(tokenizer, device, prompts, responses) -> dict:
     import torch
     from accelerate import dispatch_model
 
-    import genies.reward_model as reward_model
-    from genies.activations import ActivationCapture
-    from genies.models import LoadedModel, input_device
-    from genies.scoring import score_tokenized, tokenize_examples
-    from genies.training import resolve_params
+    import genies.methods.tuned.reward_model as reward_model
+    from genies.forward.activations import ActivationCapture
+    from genies.forward.scoring import score_tokenized
+    from genies.methods.tuned.training import resolve_params
+    from genies.models.loading import LoadedModel, input_device
+    from genies.models.tokens import tokenize_examples
 
     dims = {**SPLIT_DIMS, "vocab_size": max(len(tokenizer), 512)}
     base = build_llama(dims, tokenizer, "cpu", torch.float32, seed=1)
@@ -481,7 +485,7 @@ def multidevice_stage(tokenizer, device, prompts, responses) -> dict:
 
 
 class Plans:
-    """The stages' memory plans, made as the jobs make them (`genies.memory`).
+    """The stages' memory plans, made as the jobs make them (`genies.models.memory`).
 
     The budget is the free GPU memory after loading less `margin_gb` (on the CPU:
     `--budget-gb`, so that the smoke run plans too). Planned figures are working memory above
@@ -492,20 +496,20 @@ class Plans:
         self.settings = {"budget_gb": budget_gb}
 
     def budget(self, loaded):
-        from genies.memory import Budget
+        from genies.models.memory import Budget
 
         return Budget.resolve(self.settings, loaded.device, 1, loaded.model)
 
     def weights(self, loaded) -> int:
-        """Planned bytes of the loaded weights (`genies.memory.Shape.weight_bytes`)."""
-        from genies.memory import Shape, dtype_bytes
+        """Planned bytes of the loaded weights (`genies.models.memory.Shape.weight_bytes`)."""
+        from genies.models.memory import Shape, dtype_bytes
 
         shape = Shape.of(loaded.model)
         return shape.weight_bytes(dtype_bytes(loaded.dtype), loaded.quantization)
 
     def training(self, model, loaded, params, pairs):
-        """(plan, planned peak bytes of the steps): `genies.training.memory_plan`."""
-        from genies.training import memory_plan
+        """(plan, planned peak bytes of the steps): `genies.methods.tuned.training.memory_plan`."""
+        from genies.methods.tuned.training import memory_plan
 
         plan = memory_plan(model, params, self.budget(loaded), pairs)
         batch = params["batch_size"]
@@ -580,8 +584,8 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from genies.models import LoadedModel
-    from genies.tiny_model import train_tiny_tokenizer
+    from genies.models.loading import LoadedModel
+    from genies.models.tiny import train_tiny_tokenizer
 
     device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
     if device.type == "cuda" and not torch.cuda.is_available():

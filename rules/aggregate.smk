@@ -1,5 +1,5 @@
-from genies import published
-from genies.plan import REPORT_TEMPLATES
+from genies.results import published
+from genies.pipeline.plan import REPORT_TEMPLATES
 
 # The paper's published runs (config key `published`), converted once into results/published/.
 PUBLISHED = published.configured_folder(config.get("published"))

@@ -6,7 +6,6 @@ import re
 import sys
 
 from snakemake.logging import logger
-from snakemake.utils import validate
 
 # Snakemake keeps a graph of Python objects per job for the whole run (5,685 jobs for every
 # shift x 10 interventions x 3 models). With the default thresholds the cyclic garbage
@@ -21,12 +20,12 @@ atexit.register(gc.freeze)
 # so conda environments and cluster jobs need no install of it either.
 sys.path.insert(0, workflow.basedir)
 
-from genies import cluster
-from genies import interventions as registry
-from genies.config import check_semantics
-from genies.gpus import config_gpus
-from genies.download import missing_data_message
-from genies.plan import (
+from genies.pipeline import cluster
+from genies.pipeline import interventions as registry
+from genies.pipeline.config import check_config
+from genies.pipeline.gpus import config_gpus
+from genies.data.download import missing_data_message
+from genies.pipeline.plan import (
     ADAPTER,
     CELL,
     DATA,
@@ -47,8 +46,7 @@ from genies.plan import (
     Plan,
 )
 
-validate(config, schema="../schemas/config.schema.yaml")
-check_semantics(config)
+check_config(config)
 plan = Plan(config)
 if plan.data_missing:  # said first: without the data, only download_data can run
     logger.warning(missing_data_message(config["data_dir"], config["data_url"]))
@@ -124,7 +122,7 @@ def gpu_job_resources(job):
     """GPUs (count and type per model), host memory and run time of a model job.
 
     `attempt` reaches the job too: after a GPU out-of-memory failure the retry plans smaller
-    batches (genies.memory)."""
+    batches (genies.models.memory)."""
     on_gpu = config["scoring"]["device"] != "cpu"
 
     def spec(wildcards):

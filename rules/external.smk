@@ -1,9 +1,9 @@
-# Reward models of your own (docs/reward_models.md; genies.external). A sequence classifier
+# Reward models of your own (docs/reward_models.md; genies.methods.own_reward_models). A sequence classifier
 # scores each dataset's test responses in one GPU job per (reward model, dataset): an edited
 # dataset reruns only its own job, and every intervention naming the classifier shares it. A
 # DPO policy's implicit reward comes from the forward jobs of the policy and its reference
 # (rules/forward.smk). CPU jobs make the pairs of each (base run model, intervention, dataset).
-from genies.plan import REWARD_SCORES
+from genies.pipeline.plan import REWARD_SCORES
 
 REWARD_MODELS = plan.of_family("reward_model")
 DPO = plan.of_family("dpo")

@@ -191,11 +191,16 @@ def fake_llama_dir(root: Path, size: str, shards: int = 2) -> Path:
 def tiny_reward_model_dir(root: Path, seed: int = 3, chat_template: bool = False) -> Path:
     """A local Hugging Face directory holding a tiny random LlamaForSequenceClassification
     with one label (safetensors) and the tiny tokenizer, which adds BOS like Llama's; with
-    `chat_template`, the tokenizer has `genies.tiny_model.TINY_CHAT_TEMPLATE`."""
+    `chat_template`, the tokenizer has `genies.models.tiny.TINY_CHAT_TEMPLATE`."""
     from tokenizers import processors
     from transformers import LlamaForSequenceClassification
 
-    from genies.tiny_model import TINY_CHAT_TEMPLATE, tiny_config, tiny_params, train_tiny_tokenizer
+    from genies.models.tiny import (
+        TINY_CHAT_TEMPLATE,
+        tiny_config,
+        tiny_params,
+        train_tiny_tokenizer,
+    )
 
     tokenizer = train_tiny_tokenizer()
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(

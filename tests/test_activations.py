@@ -2,15 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from genies.activations import (
+from genies.forward.activations import (
     ActivationCapture,
     ActivationWriter,
     activation_shapes,
     decoder_layers,
     load_activations,
 )
-from genies.models import model_layout
-from genies.scoring import score_naive, score_tokenized
+from genies.forward.scoring import score_naive, score_tokenized
+from genies.models.loading import model_layout
 
 from .fixtures import tiny_llama
 

@@ -1,4 +1,4 @@
-"""Tests of genies.baselines: few-shot prompt construction and the random baseline."""
+"""Tests of genies.forward.baselines: few-shot prompt construction and the random baseline."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from genies.baselines import (
+from genies.data.materialise import examples_table
+from genies.data.predictions import PREDICTION_SCHEMA, expand_pairs
+from genies.forward.baselines import (
     few_shot_examples,
     few_shot_prompt,
     few_shot_prompts,
     random_predictions,
     write_random_predictions,
 )
-from genies.data import examples_table
 from genies.io import read_provenance
-from genies.predictions import PREDICTION_SCHEMA, expand_pairs
 
 from .fixtures import make_examples
 

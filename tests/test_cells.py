@@ -9,19 +9,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from genies import metrics
-from genies.aggregate import build_database
-from genies.cells import (
+from genies.data.predictions import predictions_table
+from genies.data.shifts import Shift, shifts_table
+from genies.io import write_parquet
+from genies.pipeline.plan import prediction_path
+from genies.results import metrics
+from genies.results.aggregate import build_database
+from genies.results.cells import (
     IncompleteCellError,
     compute_cells,
     load_cell,
     parse_missing,
     require_complete,
 )
-from genies.io import write_parquet
-from genies.plan import prediction_path
-from genies.predictions import predictions_table
-from genies.shifts import Shift, shifts_table
 
 MODEL = "m"
 SHIFTS = [

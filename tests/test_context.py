@@ -10,19 +10,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from genies.baselines import few_shot_prompt, fit_few_shot
-from genies.context import (
+from genies.data.materialise import defect_warnings, examples_table, materialise
+from genies.data.predictions import (
+    PREDICTION_SCHEMA,
+    expand_pairs,
+    predictions_table,
+    read_predictions,
+)
+from genies.forward.baselines import few_shot_prompt, fit_few_shot
+from genies.forward.scoring import score_tokenized
+from genies.methods.tuned.reward_model import (
+    build_reward_model,
+    encode_examples,
+    reward_predictions,
+)
+from genies.methods.tuned.training import resolve_params
+from genies.models.context import (
     cut_to_length,
     fit_examples,
     max_positions,
     prompt_token_counter,
 )
-from genies.data import defect_warnings, examples_table, materialise
-from genies.models import load_model, prepare_model
-from genies.predictions import PREDICTION_SCHEMA, expand_pairs, predictions_table, read_predictions
-from genies.reward_model import build_reward_model, encode_examples, reward_predictions
-from genies.scoring import score_tokenized, tokenize_examples
-from genies.training import resolve_params
+from genies.models.loading import load_model, prepare_model
+from genies.models.tokens import tokenize_examples
 from tests.fixtures import make_examples
 
 BOS = 1

@@ -6,10 +6,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from genies.data import materialise
+from genies.data.materialise import materialise
+from genies.data.raw import RawData
 from genies.errors import DataError
 from genies.io import read_provenance
-from genies.raw import RawData
 
 from .fixtures import make_examples
 
@@ -168,7 +168,7 @@ REAL = Path(__file__).resolve().parent.parent.parent / "shared/genies-data"
 @pytest.mark.skipif(not REAL.exists(), reason="real GENIES data not beside the project")
 def test_real_data_counts():
     """All 66 real datasets validate, with upstream's example counts."""
-    from genies.data import load_split
+    from genies.data.materialise import load_split
 
     raw = RawData(REAL)
     names = raw.datasets()

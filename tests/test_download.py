@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from genies.download import (
+from genies.data.download import (
     UPSTREAM_URL,
     DownloadError,
     check_archive,
@@ -23,9 +23,9 @@ from genies.download import (
     missing_data_message,
     required_files,
 )
+from genies.data.raw import RawData
 from genies.errors import ConfigError
-from genies.plan import Plan
-from genies.raw import RawData
+from genies.pipeline.plan import Plan
 
 from .fixtures import workflow_config
 from .workflow import planned_jobs, snakemake, write_config

@@ -6,25 +6,25 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from genies import chat
-from genies.config import validate_config
-from genies.data import materialise, read_examples
+from genies.data import chat
+from genies.data.materialise import materialise, read_examples
+from genies.data.stimuli import CONTRAST_QUESTION, stimulus_turns, stimulus_units
 from genies.errors import ConfigError
-from genies.external import (
+from genies.forward.job import run_forward
+from genies.forward.scoring import score_naive, score_tokenized
+from genies.methods.own_reward_models import write_dpo_predictions, write_reward_model_predictions
+from genies.methods.reward_classifier import (
     classifier_rewards,
     classifier_tokens,
     load_classifier,
-    write_dpo_predictions,
-    write_reward_model_predictions,
     write_reward_scores,
 )
-from genies.forward import run_forward
-from genies.models import ModelError, load_model, prepare_model
-from genies.plan import Plan
-from genies.reward_model import encode_examples
-from genies.scoring import appended_tokens, score_naive, score_tokenized, tokenize_examples
-from genies.stimuli import CONTRAST_QUESTION, stimulus_turns, stimulus_units
-from genies.tiny_model import TINY_CHAT_TEMPLATE, build_tiny, train_tiny_tokenizer
+from genies.methods.tuned.reward_model import encode_examples
+from genies.models.loading import ModelError, load_model, prepare_model
+from genies.models.tiny import TINY_CHAT_TEMPLATE, build_tiny, train_tiny_tokenizer
+from genies.models.tokens import appended_tokens, tokenize_examples
+from genies.pipeline.config import validate_config
+from genies.pipeline.plan import Plan
 
 from .fixtures import make_genies_folder, tiny_reward_model_dir, workflow_config
 

@@ -3,15 +3,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from genies.activations import ActivationCapture, load_activations
-from genies.baselines import write_few_shot_examples
-from genies.data import materialise
-from genies.forward import resolve_layers, run_few_shot_scores, run_forward
+from genies.data.materialise import materialise
+from genies.data.stimuli import CONTRAST_QUESTION, stimulus_units
+from genies.forward.activations import ActivationCapture, load_activations
+from genies.forward.baselines import write_few_shot_examples
+from genies.forward.job import resolve_layers, run_few_shot_scores, run_forward
+from genies.forward.scoring import score_tokenized
 from genies.io import read_provenance
-from genies.models import load_model, prepare_model
-from genies.probes import fit, load_probe_input
-from genies.scoring import score_tokenized, tokenize_examples
-from genies.stimuli import CONTRAST_QUESTION, stimulus_units
+from genies.methods.probes import fit, load_probe_input
+from genies.models.loading import load_model, prepare_model
+from genies.models.tokens import tokenize_examples
 
 from .fixtures import make_genies_folder
 

@@ -4,9 +4,10 @@ import re
 
 import pytest
 
-from genies import interventions as registry
-from genies import probes, reward_model, training
-from genies.config import load_schema
+from genies.methods import probes
+from genies.methods.tuned import reward_model, training
+from genies.pipeline import interventions as registry
+from genies.pipeline.config import load_schema
 
 from .workflow import REPO
 

@@ -1,4 +1,5 @@
-"""Tests of genies.memory: budget, cost model, plans, keyed dropout and out-of-memory back-off.
+"""Tests of genies.models.memory: budget, cost model, plans, keyed dropout and out-of-memory
+back-off.
 
 The memory model's figures against measured peaks are a benchmark (bench/bench_memory.py);
 here: the budget arithmetic, the saved-activation estimate against the tensors autograd
@@ -17,9 +18,24 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-import genies.reward_model as reward_model
-from genies.data import examples_table
-from genies.memory import (
+import genies.methods.tuned.reward_model as reward_model
+from genies.data.materialise import examples_table
+from genies.forward.scoring import score_naive, score_tokenized
+from genies.methods.tuned.reward_model import (
+    INFO_FILE,
+    WEIGHTS_FILE,
+    RewardModelError,
+    build_reward_model,
+    reward_predictions,
+)
+from genies.methods.tuned.training import (
+    memory_plan,
+    resolve_params,
+    train_reward_model,
+    train_step,
+)
+from genies.models.loading import prepare_model
+from genies.models.memory import (
     ALLOCATOR_OVERHEAD,
     GIB,
     Budget,
@@ -30,16 +46,6 @@ from genies.memory import (
     is_out_of_memory,
     plan_groups,
 )
-from genies.models import prepare_model
-from genies.reward_model import (
-    INFO_FILE,
-    WEIGHTS_FILE,
-    RewardModelError,
-    build_reward_model,
-    reward_predictions,
-)
-from genies.scoring import score_naive, score_tokenized
-from genies.training import memory_plan, resolve_params, train_reward_model, train_step
 from tests.fixtures import make_examples, tiny_llama
 
 LLAMA_7B = Shape(32, 4096, 32, 32, 128, 11008, 32000)

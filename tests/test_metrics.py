@@ -1,4 +1,4 @@
-"""Hand-computed checks for genies.metrics."""
+"""Hand-computed checks for genies.results.metrics."""
 
 import math
 import random
@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 
-import genies.metrics as metrics
-from genies.metrics import (
+import genies.results.metrics as metrics
+from genies.results.metrics import (
     accuracy,
     bootstrap_interval,
     brier_score,

@@ -1,4 +1,4 @@
-"""Tests of genies.models / genies.tiny_model: preparing and loading model directories."""
+"""Tests of genies.models.loading / genies.models.tiny: preparing and loading model directories."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from genies import models
-from genies.models import (
+from genies.models import loading as models
+from genies.models.loading import (
     LINK_FILE,
     MODEL_INFO_FILE,
     LoadedModel,
@@ -24,7 +24,7 @@ from genies.models import (
     resolve_device,
     resolve_dtype,
 )
-from genies.tiny_model import train_tiny_tokenizer
+from genies.models.tiny import train_tiny_tokenizer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 TEXTS = [

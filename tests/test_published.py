@@ -1,4 +1,4 @@
-"""Import of the paper's published runs (genies.published) and their cells.
+"""Import of the paper's published runs (genies.results.published) and their cells.
 
 Unit tests use a hand-made published folder over the small fixture data. The tests marked
 `published` read the real published runs and data in ../shared (skipped when absent; deselect
@@ -19,14 +19,14 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from genies import published
-from genies.aggregate import build_database
-from genies.data import load_split
+from genies.data.materialise import load_split
+from genies.data.predictions import expand_pairs, predictions_table
+from genies.data.raw import RawData
+from genies.data.shifts import load_shifts, shift_sets, shifts_table
 from genies.errors import ConfigError
 from genies.io import write_parquet
-from genies.predictions import expand_pairs, predictions_table
-from genies.raw import RawData
-from genies.shifts import load_shifts, shift_sets, shifts_table
+from genies.results import published
+from genies.results.aggregate import build_database
 
 from .fixtures import make_genies_folder
 
@@ -171,7 +171,7 @@ def test_parse_run_maps_names_and_leaves_out_the_rest():
     ]:
         assert reason in parse(rel), rel
     # Every upstream name maps to an intervention of the registry.
-    from genies.interventions import REGISTRY
+    from genies.pipeline.interventions import REGISTRY
 
     assert set(published.INTERVENTIONS.values()) <= set(REGISTRY)
     assert set(published.CAPABILITY_NAMES.values()) <= set(REGISTRY)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from genies.report import (
+from genies.results.report import (
     REPORT_TEMPLATES,
     markdown_table,
     report_paths,

@@ -1,4 +1,5 @@
-"""Tests of genies.reward_model: reward read position, loss, seeded build, QLoRA, predictions."""
+"""Tests of genies.methods.tuned.reward_model: reward read position, loss, seeded build, QLoRA,
+predictions."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from genies.data import examples_table
-from genies.models import prepare_model
-from genies.reward_model import (
+from genies.data.materialise import examples_table
+from genies.methods.tuned.reward_model import (
     RewardModelError,
     build_reward_model,
     collate,
@@ -18,7 +18,8 @@ from genies.reward_model import (
     reward_predictions,
     trainable_tensors,
 )
-from genies.training import resolve_params
+from genies.methods.tuned.training import resolve_params
+from genies.models.loading import prepare_model
 from tests.fixtures import make_examples
 
 TORCH_THREADS = 2  # pinned by tests/conftest.py

@@ -1,4 +1,4 @@
-"""Tests for genies.scoring: prefix-reusing scorer against the per-pair oracle."""
+"""Tests for genies.forward.scoring: prefix-reusing scorer against the per-pair oracle."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ from transformers import (
     MistralForCausalLM,
 )
 
-from genies.scoring import (
+from genies.forward.scoring import (
     ScoreResult,
     _plan_groups,
-    normalise,
     pair_probabilities,
     score_naive,
     score_tokenized,
-    tokenize_examples,
 )
+from genies.forward.zero_shot import normalise
+from genies.models.tokens import tokenize_examples
 
 from .fixtures import tiny_llama
 

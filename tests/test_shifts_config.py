@@ -4,16 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from genies.config import load_config, validate_config
-from genies.errors import ConfigError, DataError
-from genies.plan import Plan
-from genies.shifts import (
+from genies.data.shifts import (
     REGISTRY_SCHEMA,
     configured_rows,
     load_shifts,
     shift_sets,
     shifts_table,
 )
+from genies.errors import ConfigError, DataError
+from genies.pipeline.config import load_config, validate_config
+from genies.pipeline.plan import Plan
 
 from .fixtures import make_genies_folder, workflow_config
 

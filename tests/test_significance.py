@@ -6,15 +6,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from genies.cells import PredictionGroups, cell_options, compute_cells
-from genies.predictions import predictions_table
-from genies.seeds import derive_seed
-from genies.shifts import Shift, shifts_table
-from genies.significance import (
+from genies.data.predictions import predictions_table
+from genies.data.shifts import Shift, shifts_table
+from genies.results.cells import PredictionGroups, cell_options, compute_cells
+from genies.results.significance import (
     bootstrap_weights,
     differential_elicitation_draws,
     prompt_bootstrap,
 )
+from genies.seeds import derive_seed
 
 N_EXAMPLES = 200
 SHIFT = Shift("src", "tgt", "tgt", label="extreme")
@@ -202,7 +202,7 @@ def test_bootstrap_weights():
 
 
 def test_stored_results_a_given_capability_is_held_fixed_and_summaries_have_no_interval():
-    """Published runs (genies.published): capabilities given as numbers, and accuracies
+    """Published runs (genies.results.published): capabilities given as numbers, and accuracies
     stored without their pairs (summaries), which cannot be resampled."""
     tables = [
         *BASE,

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import duckdb
 import pytest
 
-from genies.checkpoints import latest_checkpoint
+from genies.methods.tuned.checkpoints import latest_checkpoint
 
 from . import slurm_cluster
 from .fixtures import (

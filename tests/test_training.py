@@ -1,4 +1,5 @@
-"""Tests of genies.training: learning, best-checkpoint selection, resume after kills, determinism.
+"""Tests of genies.methods.tuned.training: learning, best-checkpoint selection, resume after kills,
+determinism.
 
 Runs on the tiny model with a trivially separable fixture (the preferred response starts with
 "good"). The resume tests run training in a subprocess, kill it after it wrote a checkpoint
@@ -21,25 +22,25 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import genies.training as training
-from genies.checkpoints import latest_checkpoint
-from genies.data import examples_table
-from genies.models import prepare_model
-from genies.reward_model import (
+import genies.methods.tuned.training as training
+from genies.data.materialise import examples_table
+from genies.methods.tuned.checkpoints import latest_checkpoint
+from genies.methods.tuned.reward_model import (
     INFO_FILE,
     WEIGHTS_FILE,
     RewardModelError,
     build_reward_model,
     predict_reward_model,
 )
-from genies.training import (
+from genies.methods.tuned.training import (
     TrainingInterrupted,
     best_step,
     resolve_params,
     train_reward_model,
     train_step,
 )
-from genies.training_data import PairOrder, choose_pairs, split_rows
+from genies.methods.tuned.training_data import PairOrder, choose_pairs, split_rows
+from genies.models.loading import prepare_model
 from tests.fixtures import make_examples
 
 REPO = Path(__file__).resolve().parent.parent
@@ -231,7 +232,7 @@ def test_best_step_rules():
 CHILD = textwrap.dedent(
     """
     import json, logging, sys, time
-    import genies.training as training
+    import genies.methods.tuned.training as training
 
     logging.basicConfig(level=logging.INFO)
     args = json.loads(sys.argv[1])

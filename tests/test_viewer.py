@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from genies.aggregate import build_database
-from genies.data import examples_table
+from genies.data.materialise import examples_table
+from genies.data.predictions import expand_pairs, predictions_table
+from genies.data.shifts import Shift, shifts_table
 from genies.errors import GeniesError
 from genies.io import write_parquet
-from genies.predictions import expand_pairs, predictions_table
-from genies.shifts import Shift, shifts_table
-from genies.viewer import BROKEN, FIXED, SAME, pair_changes, shift_file_name, write_viewer
+from genies.results.aggregate import build_database
+from genies.results.viewer import BROKEN, FIXED, SAME, pair_changes, shift_file_name, write_viewer
 
 from .fixtures import make_examples
 

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from genies.viewer import write_viewer
+from genies.results.viewer import write_viewer
 
 from .test_viewer import HOSTILE_PROMPT, HOSTILE_RESPONSE, MODEL, build_fixture, query
 

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from genies.forward.zero_shot import read_scores
 from genies.io import read_provenance
-from genies.zero_shot import read_scores
 
 from .fixtures import GENIES_SHIFTS, make_examples, make_genies_folder, workflow_config
 from .workflow import REPO, planned_jobs, planned_outputs, snakemake, snakemake_with, write_config
@@ -225,7 +225,7 @@ def test_editing_scripts_or_package_docstrings_reruns_nothing(workdir, tmp_path)
             )
         else:
             shutil.copy(src, copy / name)
-    for path in (copy / "genies/zero_shot.py", copy / "workflow_scripts/forward.py"):
+    for path in (copy / "genies/forward/zero_shot.py", copy / "workflow_scripts/forward.py"):
         text = path.read_text()
         path.write_text(text.replace('"""', '"""Edited docstring. ', 1))
     proc = snakemake_with(copy / "Snakefile", workdir, "--dry-run", "genies_table")
@@ -239,7 +239,7 @@ def test_reading_the_snakefile_imports_no_torch_or_plotting():
     sources = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
     imports = re.compile(r"^from (genies\S*) import", re.M)
     modules = sorted({m for path in sources for m in imports.findall(path.read_text())})
-    assert "genies.plan" in modules
+    assert "genies.pipeline.plan" in modules
     code = (
         f"import sys; sys.path.insert(0, {str(REPO)!r}); "
         + "".join(f"import {m}; " for m in modules)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from genies.io import read_provenance
-from genies.metrics import rms_calibration_error
+from genies.results.metrics import rms_calibration_error
 
 from .fixtures import TRAINED_INTERVENTIONS, make_genies_folder, workflow_config
 from .workflow import planned_jobs, snakemake, write_config

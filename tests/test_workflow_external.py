@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from genies import metrics
-from genies.zero_shot import read_scores
+from genies.forward.zero_shot import read_scores
+from genies.results import metrics
 
 from .fixtures import make_genies_folder, tiny_reward_model_dir, workflow_config
 from .workflow import planned_jobs, snakemake, write_config

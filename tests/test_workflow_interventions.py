@@ -6,8 +6,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from genies.config import validate_config
-from genies.plan import Plan
+from genies.pipeline.config import validate_config
+from genies.pipeline.plan import Plan
 
 from .fixtures import ALL_INTERVENTIONS, make_genies_folder, workflow_config
 from .workflow import planned_jobs, planned_outputs, snakemake, write_config

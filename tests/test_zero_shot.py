@@ -5,8 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from genies.data import examples_table
-from genies.zero_shot import FORWARD_SCHEMA, zero_shot_predictions
+from genies.data.materialise import examples_table
+from genies.forward.zero_shot import FORWARD_SCHEMA, zero_shot_predictions
 
 from .fixtures import make_examples
 

@@ -1,7 +1,7 @@
 """Snakemake entry point: rebuild results/results.duckdb from the result files."""
 
-from genies.aggregate import build_database
-from genies.jobs import log_file_of, setup_logging
+from genies.pipeline.jobs import log_file_of, setup_logging
+from genies.results.aggregate import build_database
 
 setup_logging(log_file_of(snakemake))
 build_database(

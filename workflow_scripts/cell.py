@@ -1,7 +1,7 @@
 """Snakemake entry point: one cell (model, intervention, shift) as JSON, from its own inputs."""
 
-from genies.cells import write_cell
-from genies.jobs import log_file_of, setup_logging
+from genies.pipeline.jobs import log_file_of, setup_logging
+from genies.results.cells import write_cell
 
 setup_logging(log_file_of(snakemake))
 write_cell(

@@ -1,7 +1,7 @@
 """Snakemake entry point: eval examples with few-shot prompts from the source's train split."""
 
-from genies.baselines import write_few_shot_examples
-from genies.jobs import log_file_of, setup_logging
+from genies.forward.baselines import write_few_shot_examples
+from genies.pipeline.jobs import log_file_of, setup_logging
 
 setup_logging(log_file_of(snakemake))
 write_few_shot_examples(

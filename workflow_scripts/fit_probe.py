@@ -1,7 +1,7 @@
 """Snakemake entry point: fit a probe method (MMS, LAT, CRA, CCS) on cached activations."""
 
-from genies.jobs import log_file_of, setup_logging
-from genies.probes import run_fit
+from genies.methods.probes import run_fit
+from genies.pipeline.jobs import log_file_of, setup_logging
 
 setup_logging(log_file_of(snakemake))
 run_fit(

@@ -1,7 +1,7 @@
 """Snakemake entry point: one model load runs every split and stimulus a dataset needs."""
 
-from genies.forward import run_forward
-from genies.jobs import log_file_of, model_job, setup_logging
+from genies.forward.job import run_forward
+from genies.pipeline.jobs import log_file_of, model_job, setup_logging
 
 setup_logging(log_file_of(snakemake))
 run_forward(

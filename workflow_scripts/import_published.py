@@ -1,7 +1,7 @@
 """Snakemake entry point: convert the published GENIES results/ folder into Parquet once."""
 
-from genies.jobs import log_file_of, setup_logging
-from genies.published import import_published
+from genies.pipeline.jobs import log_file_of, setup_logging
+from genies.results.published import import_published
 
 setup_logging(log_file_of(snakemake))
 import_published(

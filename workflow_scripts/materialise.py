@@ -1,7 +1,7 @@
 """Snakemake entry point: validate one raw split and write it as Parquet."""
 
-from genies.data import materialise
-from genies.jobs import log_file_of, setup_logging
+from genies.data.materialise import materialise
+from genies.pipeline.jobs import log_file_of, setup_logging
 
 setup_logging(log_file_of(snakemake))
 materialise(

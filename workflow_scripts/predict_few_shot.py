@@ -1,7 +1,7 @@
 """Snakemake entry point: few-shot predictions of one source from the eval dataset's scores."""
 
-from genies.jobs import log_file_of, setup_logging
-from genies.zero_shot import write_zero_shot_predictions
+from genies.forward.zero_shot import write_zero_shot_predictions
+from genies.pipeline.jobs import log_file_of, setup_logging
 
 setup_logging(log_file_of(snakemake))
 write_zero_shot_predictions(

@@ -1,7 +1,7 @@
 """Snakemake entry point: per-pair predictions of a fitted probe on an eval split."""
 
-from genies.jobs import log_file_of, setup_logging
-from genies.probes import run_predict
+from genies.methods.probes import run_predict
+from genies.pipeline.jobs import log_file_of, setup_logging
 
 setup_logging(log_file_of(snakemake))
 run_predict(

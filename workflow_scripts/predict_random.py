@@ -1,7 +1,7 @@
 """Snakemake entry point: the random baseline (probability 0.5, seeded coin per pair)."""
 
-from genies.baselines import write_random_predictions
-from genies.jobs import log_file_of, setup_logging
+from genies.forward.baselines import write_random_predictions
+from genies.pipeline.jobs import log_file_of, setup_logging
 
 setup_logging(log_file_of(snakemake))
 write_random_predictions(

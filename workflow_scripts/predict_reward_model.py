@@ -1,7 +1,7 @@
 """Snakemake entry point: per-pair predictions of a sequence classifier from its rewards."""
 
-from genies.external import write_reward_model_predictions
-from genies.jobs import log_file_of, setup_logging
+from genies.methods.own_reward_models import write_reward_model_predictions
+from genies.pipeline.jobs import log_file_of, setup_logging
 
 setup_logging(log_file_of(snakemake))
 write_reward_model_predictions(

@@ -1,7 +1,7 @@
 """Snakemake entry point: the GENIES table of one model as CSV, Markdown and plots."""
 
-from genies.jobs import log_file_of, setup_logging
-from genies.report import write_reports
+from genies.pipeline.jobs import log_file_of, setup_logging
+from genies.results.report import write_reports
 
 setup_logging(log_file_of(snakemake))
 write_reports(

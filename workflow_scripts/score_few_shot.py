@@ -1,7 +1,7 @@
 """Snakemake entry point: score the few-shot prompts of every source of an eval dataset."""
 
-from genies.forward import run_few_shot_scores
-from genies.jobs import log_file_of, model_job, setup_logging
+from genies.forward.job import run_few_shot_scores
+from genies.pipeline.jobs import log_file_of, model_job, setup_logging
 
 setup_logging(log_file_of(snakemake))
 run_few_shot_scores(

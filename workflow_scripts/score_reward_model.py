@@ -1,7 +1,7 @@
 """Snakemake entry point: a sequence-classification reward model's rewards of one dataset."""
 
-from genies.external import write_reward_scores
-from genies.jobs import log_file_of, setup_logging
+from genies.methods.reward_classifier import write_reward_scores
+from genies.pipeline.jobs import log_file_of, setup_logging
 
 setup_logging(log_file_of(snakemake))
 write_reward_scores(

@@ -1,8 +1,8 @@
 """Snakemake entry point: write the shift registry (configured shifts and the named sets)."""
 
+from genies.data.shifts import Shift, shifts_table
 from genies.io import RunRecord, write_parquet
-from genies.jobs import log_file_of, setup_logging
-from genies.shifts import Shift, shifts_table
+from genies.pipeline.jobs import log_file_of, setup_logging
 
 setup_logging(log_file_of(snakemake))
 run = RunRecord("shift_registry")

@@ -1,7 +1,7 @@
 """Snakemake entry point: train a reward model (resumably), then predict its eval datasets."""
 
-from genies.jobs import log_file_of, model_job, setup_logging
-from genies.tune_job import run_tune_job
+from genies.methods.tuned.job import run_tune_job
+from genies.pipeline.jobs import log_file_of, model_job, setup_logging
 
 setup_logging(log_file_of(snakemake))
 run_tune_job(

