@@ -406,7 +406,7 @@ def main() -> None:
 
     model_dir = Path(args.model_dir)
     if not (model_dir / "config.json").exists():
-        from genies.models.loading import prepare_model
+        from genies.models.prepare import prepare_model
 
         model_dir = Path(tempfile.mkdtemp()) / "smollm2"
         prepare_model({"source": "smollm2"}, model_dir)

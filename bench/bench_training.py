@@ -40,7 +40,7 @@ from genies.methods.tuned.reward_model import (
 )
 from genies.methods.tuned.training import resolve_params, train_reward_model, train_step
 from genies.methods.tuned.training_data import choose_pairs
-from genies.models.loading import prepare_model
+from genies.models.prepare import prepare_model
 
 # Few pairs and steps: what a CPU can train in a minute (config/cpu-all.yaml uses similar sizes).
 CPU_PRESET = {

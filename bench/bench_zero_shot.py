@@ -34,7 +34,8 @@ import torch
 from genies.data.materialise import load_split
 from genies.data.raw import RawData
 from genies.forward.scoring import score_naive, score_tokenized
-from genies.models.loading import load_model, prepare_model
+from genies.models.loading import load_model
+from genies.models.prepare import prepare_model
 from genies.models.tokens import tokenize_examples
 
 

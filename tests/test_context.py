@@ -31,7 +31,8 @@ from genies.models.context import (
     max_positions,
     prompt_token_counter,
 )
-from genies.models.loading import load_model, prepare_model
+from genies.models.loading import load_model
+from genies.models.prepare import prepare_model
 from genies.models.tokens import tokenize_examples
 from tests.fixtures import make_examples
 

@@ -20,7 +20,8 @@ from genies.methods.reward_classifier import (
     write_reward_scores,
 )
 from genies.methods.tuned.reward_model import encode_examples
-from genies.models.loading import ModelError, load_model, prepare_model
+from genies.models.loading import ModelError, load_model
+from genies.models.prepare import prepare_model
 from genies.models.tiny import TINY_CHAT_TEMPLATE, build_tiny, train_tiny_tokenizer
 from genies.models.tokens import appended_tokens, tokenize_examples
 from genies.pipeline.config import validate_config

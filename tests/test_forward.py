@@ -11,7 +11,8 @@ from genies.forward.job import resolve_layers, run_few_shot_scores, run_forward
 from genies.forward.scoring import score_tokenized
 from genies.io import read_provenance
 from genies.methods.probes import fit, load_probe_input
-from genies.models.loading import load_model, prepare_model
+from genies.models.loading import load_model
+from genies.models.prepare import prepare_model
 from genies.models.tokens import tokenize_examples
 
 from .fixtures import make_genies_folder

@@ -34,7 +34,6 @@ from genies.methods.tuned.training import (
     train_reward_model,
     train_step,
 )
-from genies.models.loading import prepare_model
 from genies.models.memory import (
     ALLOCATOR_OVERHEAD,
     GIB,
@@ -46,6 +45,7 @@ from genies.models.memory import (
     is_out_of_memory,
     plan_groups,
 )
+from genies.models.prepare import prepare_model
 from tests.fixtures import make_examples, tiny_llama
 
 LLAMA_7B = Shape(32, 4096, 32, 32, 128, 11008, 32000)

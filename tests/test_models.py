@@ -1,4 +1,4 @@
-"""Tests of genies.models.loading / genies.models.tiny: preparing and loading model directories."""
+"""Tests of genies.models.prepare / loading / tiny: preparing and loading model directories."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import transformers
 from safetensors.torch import load_file
 
 from genies.models import loading as models
+from genies.models import prepare
 from genies.models.loading import (
     LINK_FILE,
     MODEL_INFO_FILE,
@@ -20,10 +21,10 @@ from genies.models.loading import (
     ModelError,
     load_model,
     model_layout,
-    prepare_model,
     resolve_device,
     resolve_dtype,
 )
+from genies.models.prepare import prepare_model
 from genies.models.tiny import train_tiny_tokenizer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -313,7 +314,7 @@ def test_nf4_quantized_load(tiny_dir):
 @pytest.mark.slow
 def test_smollm2_prepare_and_load(tmp_path):
     try:
-        models.smollm2_folder()
+        prepare.smollm2_folder()
     except ModelError as exc:
         pytest.skip(str(exc))
     out = tmp_path / "smollm2"

@@ -20,7 +20,8 @@ from genies.forward.scoring import score_tokenized
 from genies.methods.tuned.reward_model import build_reward_model, collate, preference_loss
 from genies.methods.tuned.training import resolve_params
 from genies.models import layout
-from genies.models.loading import ModelError, load_model, prepare_model
+from genies.models.loading import ModelError, load_model
+from genies.models.prepare import prepare_model
 from genies.models.tokens import tokenize_examples
 from genies.pipeline import gpus
 

@@ -19,7 +19,7 @@ from genies.methods.tuned.reward_model import (
     trainable_tensors,
 )
 from genies.methods.tuned.training import resolve_params
-from genies.models.loading import prepare_model
+from genies.models.prepare import prepare_model
 from tests.fixtures import make_examples
 
 TORCH_THREADS = 2  # pinned by tests/conftest.py

@@ -40,7 +40,7 @@ from genies.methods.tuned.training import (
     train_step,
 )
 from genies.methods.tuned.training_data import PairOrder, choose_pairs, split_rows
-from genies.models.loading import prepare_model
+from genies.models.prepare import prepare_model
 from tests.fixtures import make_examples
 
 REPO = Path(__file__).resolve().parent.parent

