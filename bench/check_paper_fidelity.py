@@ -83,12 +83,8 @@ VERDICT = re.compile(r"\((yes|no)\)")
 def load_published(published_folder: Path, data_dir: Path, workdir: Path) -> dict:
     """The imported runs and capabilities, the cells of every registered shift, the shift
     registry and the rows of the genies_table view, as pandas frames."""
-    import duckdb
-
     from genies.data.shifts import shift_sets, shifts_table
     from genies.results import published
-    from genies.results.aggregate import VIEWS
-    from genies.results.significance import INTERVAL_SCHEMA
 
     paths = {name: workdir / f"{name}.parquet" for name in published.OUTPUTS}
     published.import_published(published_folder, data_dir, paths)
@@ -97,6 +93,16 @@ def load_published(published_folder: Path, data_dir: Path, workdir: Path) -> dic
     registry = shifts_table(sets["genies"], sets)
     # No interval is read here: the fewest bootstrap draws.
     cells = published.published_cells(tables, registry, n_resamples=2)
+    return frames(tables, cells, registry)
+
+
+def frames(tables: dict, cells, registry) -> dict:
+    """`load_published`'s frames from imported tables, their cells and the shift registry."""
+    import duckdb
+
+    from genies.results.aggregate import VIEWS
+    from genies.results.significance import INTERVAL_SCHEMA
+
     con = duckdb.connect()
     try:
         inputs = {"cells": cells, "shifts": registry, "intervals": INTERVAL_SCHEMA.empty_table()}

@@ -380,7 +380,7 @@ def real_import(tmp_path_factory):
     sets = shift_sets(REAL_DATA)
     registry = shifts_table(sets["genies"], sets)
     cells = published.published_cells(tables, registry, n_resamples=20)
-    return tables, cells
+    return tables, cells, registry
 
 
 def _csv_rows():
@@ -503,11 +503,11 @@ def _fidelity_check_module():
 
 @pytest.mark.published
 @real
-def test_the_fidelity_section_matches_the_published_runs(tmp_path):
+def test_the_fidelity_section_matches_the_published_runs(real_import):
     # docs/fidelity.md, "Where the paper and its published data disagree": every figure is
     # recomputed from the published runs, so the section cannot drift from the data.
     check = _fidelity_check_module()
-    loaded = check.load_published(REAL_PUBLISHED, REAL_DATA, tmp_path)
+    loaded = check.frames(*real_import)
     expected = check.recompute(loaded, REAL_PUBLISHED, REAL_DATA)
     doc = check.DEFAULT_DOC.read_text()
 
