@@ -287,11 +287,15 @@ def test_control_scoring_with_the_mask_on_the_input_device(fake_devices, monkeyp
             handle.remove()
 
     monkeypatch.setattr(scoring, "_keep_rows", keep_rows)
+    _spread_scoring_fails(fake_devices, "indices")
+
+
+def _spread_scoring_fails(fakedev, match, capture=None, model=None):
     prompts, responses = examples()
-    model = tiny_llama()
-    with fake_devices.FakeDevices(), pytest.raises(fake_devices.DeviceMismatch, match="indices"):
-        first = spread(model, fake_devices)
-        score_tokenized(model, prompts, responses, batch_tokens=48, device=first)
+    model = model or tiny_llama()
+    with fakedev.FakeDevices(), pytest.raises(fakedev.DeviceMismatch, match=match):
+        first = spread(model, fakedev)
+        score_tokenized(model, prompts, responses, batch_tokens=48, device=first, capture=capture)
 
 
 def test_control_capture_without_moving_the_positions(fake_devices, monkeypatch):
@@ -305,14 +309,11 @@ def test_control_capture_without_moving_the_positions(fake_devices, monkeypatch)
         return run
 
     monkeypatch.setattr(ActivationCapture, "_hook", hook)
-    prompts, responses = examples()
     model = tiny_llama()
     capture = ActivationCapture(model, 4)
     # `heads` reads o_proj's input, on layer 1's own device (fakegpu:1)
     capture.target(heads=np.zeros((18, 2, 4, 16), np.float16))
-    with fake_devices.FakeDevices(), pytest.raises(fake_devices.DeviceMismatch, match="fakegpu:1"):
-        first = spread(model, fake_devices)
-        score_tokenized(model, prompts, responses, capture=capture, device=first)
+    _spread_scoring_fails(fake_devices, "fakegpu:1", capture, model)
 
 
 def test_control_select_cache_with_one_index_tensor(fake_devices, monkeypatch):
@@ -326,11 +327,7 @@ def test_control_select_cache_with_one_index_tensor(fake_devices, monkeypatch):
         return new
 
     monkeypatch.setattr(scoring, "_select_cache", select)
-    prompts, responses = examples()
-    model = tiny_llama()
-    with fake_devices.FakeDevices(), pytest.raises(fake_devices.DeviceMismatch, match="indices"):
-        first = spread(model, fake_devices)
-        score_tokenized(model, prompts, responses, batch_tokens=48, device=first)
+    _spread_scoring_fails(fake_devices, "indices")
 
 
 def test_control_classifier_without_moving_the_last_positions(fake_devices, monkeypatch):

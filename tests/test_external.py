@@ -12,8 +12,8 @@ from genies.data.stimuli import CONTRAST_QUESTION, stimulus_turns, stimulus_unit
 from genies.errors import ConfigError
 from genies.forward.job import run_forward
 from genies.forward.scoring import score_naive, score_tokenized
-from genies.methods.own_reward_models import write_dpo_predictions, write_reward_model_predictions
 from genies.io import read_provenance
+from genies.methods.own_reward_models import write_dpo_predictions, write_reward_model_predictions
 from genies.methods.reward_classifier import (
     ClassifierReward,
     classifier_rewards,
