@@ -311,12 +311,8 @@ class _ModelJob:
         provenance = self.run.finish(
             device=str(loaded.device),
             dtype=str(loaded.dtype).removeprefix("torch."),
-            device_map=_jsonable_map(getattr(loaded, "device_map", None)),
+            device_map=loaded.placement(),
             memory=self.budget.record(),
             passes=stats,
         )
         write_parquet(pa.concat_tables(tables, promote_options="default"), scores_path, provenance)
-
-
-def _jsonable_map(device_map):
-    return None if device_map is None else {str(k): str(v) for k, v in device_map.items()}

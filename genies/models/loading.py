@@ -59,6 +59,12 @@ class LoadedModel:
     def layout(self) -> dict:
         return model_layout(self.model)
 
+    def placement(self) -> dict | None:
+        """The device map as a job's provenance records it (None: on one device)."""
+        if self.device_map is None:
+            return None
+        return {str(k): str(v) for k, v in self.device_map.items()}
+
 
 def load_model(
     model_dir,
