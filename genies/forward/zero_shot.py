@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genies.data.predictions import expand_pairs, pair_rows
-from genies.io import RunRecord, write_parquet
+from genies.io import RunRecord, models_of, write_parquet
 
 FORWARD_SCHEMA = pa.schema(
     [
@@ -116,7 +116,12 @@ def write_zero_shot_predictions(
     from the few-shot scores of one source (`intervention="few_shot"`, `train` = the source;
     `data_file` is then the few-shot prompts file, which lists the scored examples)."""
     run = RunRecord(
-        "predict", model=model, intervention=intervention, train=train, eval=eval_dataset
+        "predict",
+        model=model,
+        intervention=intervention,
+        train=train,
+        eval=eval_dataset,
+        models=models_of(forward_file),
     )
     if intervention == "few_shot":
         scores = read_scores(forward_file, train=train)

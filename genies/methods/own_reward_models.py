@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from genies.data.materialise import read_examples
 from genies.data.predictions import expand_pairs, pair_rows
 from genies.forward.zero_shot import FORWARD_SCHEMA, read_scores, response_matrix
-from genies.io import RunRecord, write_parquet
+from genies.io import RunRecord, models_of, write_parquet
 
 #: A sequence classifier's reward of every test response (`genies.methods.reward_classifier`).
 REWARD_SCORES_SCHEMA = pa.schema(
@@ -82,7 +82,7 @@ def write_reward_model_predictions(
     (`genies.methods.reward_classifier.write_reward_scores`)."""
     labels = {"model": model, "intervention": intervention, "train": "none", "eval": eval_dataset}
     run = RunRecord("predict", model=model, intervention=intervention, train="none",
-                    eval=eval_dataset)  # fmt: skip
+                    eval=eval_dataset, models=models_of(scores_file))  # fmt: skip
     scores = pq.read_table(scores_file)
     data = read_examples(data_file)
     what = f"reward scores of {eval_dataset} ({scores_file})"
@@ -126,7 +126,7 @@ def write_dpo_predictions(
     scores of the policy and of its reference (module docstring)."""
     labels = {"model": model, "intervention": intervention, "train": "none", "eval": eval_dataset}
     run = RunRecord("predict", model=model, intervention=intervention, train="none",
-                    eval=eval_dataset)  # fmt: skip
+                    eval=eval_dataset, models=models_of(policy_file, reference_file))  # fmt: skip
     policy, reference = (
         read_scores(path, split="test", stimulus="plain").select(FORWARD_SCHEMA.names)
         for path in (policy_file, reference_file)

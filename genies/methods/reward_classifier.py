@@ -19,7 +19,13 @@ from genies.io import RunRecord, write_parquet
 from genies.methods.own_reward_models import REWARD_SCORES_SCHEMA
 from genies.methods.tuned.reward_model import example_rewards, explain_oom, pad_id_of
 from genies.models.context import DEFAULT_POLICY, fit_examples, max_positions
-from genies.models.loading import ModelError, is_sequence_classifier, load_model, resolve_model_dir
+from genies.models.loading import (
+    ModelError,
+    is_sequence_classifier,
+    load_model,
+    model_provenance,
+    resolve_model_dir,
+)
 from genies.models.tokens import tokenize_examples
 from genies.pipeline.defaults import SCORING_DEFAULTS
 from genies.progress import ProgressLog
@@ -161,6 +167,7 @@ def write_reward_scores(
         dataset=dataset,
         split="test",
         params={"limit": limit, "context_policy": context_policy, **scoring},
+        models={model_name: model_provenance(model_dir)},
     )
     examples = read_examples(data_file, limit)
     model, loaded = load_classifier(model_dir, scoring["device"], scoring["dtype"])

@@ -16,6 +16,7 @@ from genies.data.materialise import read_examples
 from genies.io import RunRecord, write_parquet
 from genies.methods.tuned.reward_model import adapter_summary, reward_predictions
 from genies.methods.tuned.training import fit_reward_model
+from genies.models.loading import model_provenance
 from genies.models.memory import Budget
 from genies.pipeline.defaults import JOB_DEFAULTS
 
@@ -56,7 +57,13 @@ def run_tune_job(
         attempt=job["attempt"],
         gpus=job["gpus"],
     )
-    run = RunRecord("predict", model=model_name, intervention=method, train=dataset)
+    run = RunRecord(
+        "predict",
+        model=model_name,
+        intervention=method,
+        train=dataset,
+        models={model_name: model_provenance(model_dir)},
+    )
     info, loaded = trained.info, trained.loaded
     budget = Budget.resolve(job["memory"], loaded.device, job["attempt"], trained.model)
     tables = []
