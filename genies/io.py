@@ -159,8 +159,9 @@ class RunRecord:
     """Collects provenance for one job; `finish()` returns the dict to store with its output.
 
     A job whose output derives from a model passes `models`: registry name -> where the prepared
-    model came from (`genies.models.loading.model_provenance` when it loads the model, `models_of`
-    its inputs otherwise), so every run names the Hub commit its numbers come from.
+    model came from (`genies.models.loading.model_run` makes the record of a job that loads the
+    model; `models_of` reads it from a job's inputs), so every run names the Hub commit its
+    numbers come from.
     """
 
     def __init__(self, job: str, **fields):

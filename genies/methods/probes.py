@@ -75,7 +75,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from genies.data.materialise import read_examples
-from genies.data.predictions import expand_pairs, predictions_table
+from genies.data.predictions import expand_pairs, prediction_run, predictions_table
 from genies.io import RunRecord, atomic_path, models_of, write_json, write_parquet
 from genies.methods import ccs as ccs_probe
 from genies.methods.calibration import (
@@ -656,14 +656,7 @@ def run_predict(
 ):
     """The predict job: per-pair predictions of a fitted probe on an eval split."""
     torch.set_num_threads(threads)
-    run = RunRecord(
-        "predict",
-        model=model,
-        intervention=method,
-        train=train,
-        eval=eval_dataset,
-        models=models_of(rows_file),
-    )
+    run = prediction_run(model, method, train, eval_dataset, rows_file)
     state = load_state(*state_paths)
     target = load_probe_input(
         method, eval_dataset, "test", data_file, activations, rows_file, limit

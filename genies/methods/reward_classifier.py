@@ -15,7 +15,7 @@ import torch
 
 from genies.data import chat
 from genies.data.materialise import read_examples
-from genies.io import RunRecord, write_parquet
+from genies.io import write_parquet
 from genies.methods.own_reward_models import REWARD_SCORES_SCHEMA
 from genies.methods.tuned.reward_model import example_rewards, explain_oom, pad_id_of
 from genies.models.context import DEFAULT_POLICY, fit_examples, max_positions
@@ -23,7 +23,7 @@ from genies.models.loading import (
     ModelError,
     is_sequence_classifier,
     load_model,
-    model_provenance,
+    model_run,
     resolve_model_dir,
 )
 from genies.models.tokens import tokenize_examples
@@ -161,13 +161,13 @@ def write_reward_scores(
     if threads:
         torch.set_num_threads(threads)
     scoring = {**SCORING_DEFAULTS, **(scoring or {})}
-    run = RunRecord(
+    run = model_run(
         "score_reward_model",
-        model=model_name,
+        model_name,
+        model_dir,
         dataset=dataset,
         split="test",
         params={"limit": limit, "context_policy": context_policy, **scoring},
-        models={model_name: model_provenance(model_dir)},
     )
     examples = read_examples(data_file, limit)
     model, loaded = load_classifier(model_dir, scoring["device"], scoring["dtype"])

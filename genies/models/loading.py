@@ -25,6 +25,7 @@ import torch
 
 from genies.data.chat import mark
 from genies.errors import GeniesError
+from genies.io import RunRecord
 from genies.models.context import max_positions
 from genies.models.layout import WEIGHT_SHARE, model_layout
 
@@ -274,6 +275,14 @@ def model_provenance(model_dir) -> dict:
     resolved to at preparation; a local model's path. {} for a plain HF directory."""
     description = _model_info(model_dir).get("description", {})
     return {key: description[key] for key in PROVENANCE_KEYS if key in description}
+
+
+def model_run(job: str, model_name: str, model_dir, **fields) -> RunRecord:
+    """The provenance record of a job that loads the prepared model `model_dir`: its `models`
+    name where the model came from (a Hub model's commit)."""
+    return RunRecord(
+        job, model=model_name, models={model_name: model_provenance(model_dir)}, **fields
+    )
 
 
 def _model_info(model_dir) -> dict:
