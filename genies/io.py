@@ -114,6 +114,16 @@ def read_provenance(path) -> dict:
     return json.loads(raw) if raw else {}
 
 
+def models_of(*paths) -> dict:
+    """The `models` provenance of the Parquet files a job reads: every prepared model (registry
+    name -> source, Hub repository and commit, ...) that those files, and so the job's output,
+    derive from. A job that loads a model records it itself (`RunRecord(..., models=...)`)."""
+    models = {}
+    for path in paths:
+        models.update(read_provenance(path).get("models", {}))
+    return models
+
+
 def write_json(obj, path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
@@ -146,7 +156,13 @@ def git_commit(repo_dir=None) -> str | None:
 
 
 class RunRecord:
-    """Collects provenance for one job; `finish()` returns the dict to store with its output."""
+    """Collects provenance for one job; `finish()` returns the dict to store with its output.
+
+    A job whose output derives from a model passes `models`: registry name -> where the prepared
+    model came from (`genies.models.loading.model_run` makes the record of a job that loads the
+    model; `models_of` reads it from a job's inputs), so every run names the Hub commit its
+    numbers come from.
+    """
 
     def __init__(self, job: str, **fields):
         self.start = time.time()

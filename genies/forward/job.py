@@ -26,9 +26,9 @@ from genies.forward.activations import ActivationCapture, ActivationWriter, acti
 from genies.forward.baselines import fit_few_shot
 from genies.forward.scoring import score_tokenized
 from genies.forward.zero_shot import FORWARD_SCHEMA
-from genies.io import RunRecord, write_parquet
+from genies.io import write_parquet
 from genies.models.context import fit_examples, max_positions, prompt_token_counter
-from genies.models.loading import load_model, resolve_device
+from genies.models.loading import load_model, model_run, resolve_device
 from genies.models.memory import Budget
 from genies.models.tokens import appended_tokens, tokenize_examples
 from genies.pipeline.defaults import JOB_DEFAULTS, SCORING_DEFAULTS
@@ -218,7 +218,9 @@ class _ModelJob:
         self.scoring = {**SCORING_DEFAULTS, **(scoring or {})}
         self.job = {**JOB_DEFAULTS, **(job or {})}
         self.model_name = model_name
-        self.run = RunRecord(name, model=model_name, params={**params, **self.scoring}, **fields)
+        self.run = model_run(
+            name, model_name, model_dir, params={**params, **self.scoring}, **fields
+        )
         self.model_dir = model_dir
 
     def __enter__(self):

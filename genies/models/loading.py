@@ -25,6 +25,7 @@ import torch
 
 from genies.data.chat import mark
 from genies.errors import GeniesError
+from genies.io import RunRecord
 from genies.models.context import max_positions
 from genies.models.layout import WEIGHT_SHARE, model_layout
 
@@ -39,6 +40,8 @@ DTYPES = {
     "fp16": torch.float16,
 }
 QUANTIZATIONS = ("nf4",)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 class ModelError(GeniesError, ValueError):
@@ -224,6 +227,29 @@ def resolve_model_dir(model_dir) -> Path:
     return model_dir
 
 
+def check_model_files(files, where: str, pickle_advice: str) -> None:
+    """Refuse a model's file list (top-level names) without config.json, safetensors weights
+    or tokenizer files; `pickle_advice` says what to do when it has only pickle checkpoints
+    (refused: unpickling can execute code)."""
+    files = sorted(files)
+    if "config.json" not in files:
+        raise ModelError(f"{where} has no config.json; files found: {files}")
+    if not any(name.endswith(".safetensors") for name in files):
+        pickles = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
+        hint = (
+            f" It only has pickle checkpoints ({', '.join(pickles)}), which are refused because "
+            f"unpickling can execute code; {pickle_advice}."
+            if pickles
+            else ""
+        )
+        raise ModelError(f"{where} has no *.safetensors weights; files found: {files}." + hint)
+    if not any(name in files for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"{where} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); files "
+            f"found: {files}"
+        )
+
+
 TASKS = ("causal_lm", "sequence_classification")
 
 
@@ -243,8 +269,31 @@ def is_sequence_classifier(config) -> bool:
 
 def registry_spec(model_dir) -> dict:
     """The registry entry a prepared model directory was made from ({} for a plain HF one)."""
+    return _model_info(model_dir).get("spec", {})
+
+
+PROVENANCE_KEYS = ("source", "repo", "revision", "commit", "path", "gguf_file")
+
+
+def model_provenance(model_dir) -> dict:
+    """Where a prepared model came from, for the runs that use it (`genies.io.RunRecord`): its
+    source and, for a Hub model, the repository, the configured revision and the commit it
+    resolved to at preparation; a local model's path. {} for a plain HF directory."""
+    description = _model_info(model_dir).get("description", {})
+    return {key: description[key] for key in PROVENANCE_KEYS if key in description}
+
+
+def model_run(job: str, model_name: str, model_dir, **fields) -> RunRecord:
+    """The provenance record of a job that loads the prepared model `model_dir`: its `models`
+    name where the model came from (a Hub model's commit)."""
+    return RunRecord(
+        job, model=model_name, models={model_name: model_provenance(model_dir)}, **fields
+    )
+
+
+def _model_info(model_dir) -> dict:
     info = Path(model_dir) / MODEL_INFO_FILE
-    return json.loads(info.read_text()).get("spec", {}) if info.is_file() else {}
+    return json.loads(info.read_text()) if info.is_file() else {}
 
 
 def _device_map_target(dev: torch.device):

@@ -5,8 +5,9 @@ and the provenance stored in their metadata, so deleting the database loses noth
 database is built in a temporary file and renamed into place: a reader never sees a
 half-written one.
 
-Tables: shifts (the registry, `genies.data.shifts.shifts_table`), datasets, runs, predictions (per
-pair), cells (per model x intervention x configured shift, `genies.results.cells.CELL_SCHEMA`),
+Tables: shifts (the registry, `genies.data.shifts.shifts_table`), datasets, runs (one per result
+file, with the `models` it derives from: `genies.io.RunRecord`), models (one row per prepared model
+and Hub commit those runs name), predictions (per pair), cells (per model x intervention x configured shift, `genies.results.cells.CELL_SCHEMA`),
 intervals and comparisons (the paired prompt bootstrap, `genies.results.significance`). With the
 config key `published`, the paper's runs too (`genies.results.published`): predictions and cells of the
 models `<model>@published` (cells over every registered shift with a published run; no bootstrap
@@ -192,10 +193,32 @@ def runs_table(files) -> pa.Table:
         row["path"] = str(path)
         row["params"] = json.dumps(prov.get("params", {}), sort_keys=True)
         row["packages"] = json.dumps(prov.get("packages", {}), sort_keys=True)
+        row["models"] = json.dumps(prov.get("models", {}), sort_keys=True)
         rows.append(row)
     schema = pa.schema(
         [(k, pa.float64() if k == "seconds" else pa.string()) for k in RUN_FIELDS]
-        + [("path", pa.string()), ("params", pa.string()), ("packages", pa.string())]
+        + [(k, pa.string()) for k in ("path", "params", "packages", "models")]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def models_table(runs: pa.Table) -> pa.Table:
+    """One row per prepared model the runs derive from: registry name, source, Hub repository,
+    configured revision and resolved commit (None where they do not apply), and how many runs
+    name it. Two rows for one name mean runs from two preparations of it (a moved branch)."""
+    counts: dict[str, int] = {}
+    for text in runs.column("models").to_pylist():
+        for name, where in json.loads(text).items():
+            key = json.dumps({"model": name, **where}, sort_keys=True)
+            counts[key] = counts.get(key, 0) + 1
+    rows = []
+    for key, n in sorted(counts.items()):
+        where = json.loads(key)
+        row = {k: where.get(k) for k in ("model", "source", "repo", "revision", "commit")}
+        rows.append({**row, "runs": n, "provenance": key})
+    schema = pa.schema(
+        [(k, pa.string()) for k in ("model", "source", "repo", "revision", "commit")]
+        + [("runs", pa.int64()), ("provenance", pa.string())]
     )
     return pa.Table.from_pylist(rows, schema=schema)
 
@@ -233,6 +256,7 @@ def build_database(
     tables["predictions"] = read_predictions(prediction_files)
     lap("read_predictions")
     tables["runs"] = runs_table([*data_files, *run_files, *prediction_files])
+    tables["models"] = models_table(tables["runs"])
     lap("runs")
     groups = PredictionGroups(tables["predictions"], seed=seed)
     configured = configured_rows(tables["shifts"])
