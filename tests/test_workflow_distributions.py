@@ -8,14 +8,13 @@ import json
 import os
 from unittest import mock
 
-import duckdb
 import pyarrow.parquet as pq
 import pytest
 
 from .fake_hub import FakeHub
 from .fixtures import make_genies_folder, preference_pairs, workflow_config, write_rows
 from .test_distributions import MESSAGES
-from .workflow import planned_jobs, snakemake, write_config
+from .workflow import planned_jobs, query, snakemake, write_config
 
 pytestmark = pytest.mark.e2e
 TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
@@ -60,16 +59,6 @@ def workdir(tmp_path_factory, hub):
     with mock.patch.dict(os.environ, {**env, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}):
         snakemake(root, "genies_table")
         yield root
-
-
-def query(workdir, sql):
-    con = duckdb.connect(str(workdir / "results/results.duckdb"), read_only=True)
-    try:
-        cursor = con.execute(sql)
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    finally:
-        con.close()
 
 
 def test_they_are_materialised_like_genies_datasets(workdir):

@@ -24,6 +24,7 @@ not its content, so every load here uses a fresh temporary cache: an edited file
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -171,8 +172,9 @@ def materialise_distribution(
     pin = json.loads(Path(pin_path).read_text())
     run = RunRecord("materialise", dataset=name, split=split, params=spec)
     with tempfile.TemporaryDirectory(prefix="genies-datasets-") as cache:
-        table, read = load_split(name, spec, split, pin, cache)
-        train = load_split(name, spec, "train", pin, cache)[0] if split == "test" else None
+        sources = load_sources(spec, pin, cache)
+        table, read = split_examples(name, spec, split, sources, pin)
+        train = split_examples(name, spec, "train", sources, pin)[0] if split == "test" else None
     dropped = read["rows"] - table.num_rows
     warnings = []
     if dropped:
@@ -192,11 +194,11 @@ def materialise_distribution(
     return warnings
 
 
-def load_split(name: str, spec: dict, split: str, pin: dict, cache_dir):
-    """(examples table, what was read) of a GENIES split of a pinned distribution."""
+def split_examples(name: str, spec: dict, split: str, sources: dict, pin: dict):
+    """(examples table, what was read) of a GENIES split of a pinned distribution, from its
+    `load_sources`."""
     import datasets
 
-    sources = _load_sources(spec, pin, cache_dir)
     selection = spec.get("splits", {}).get(split, split)
     describe = f"distribution {name!r}, {split} split ({selection!r})"
     try:
@@ -223,17 +225,27 @@ def load_split(name: str, spec: dict, split: str, pin: dict, cache_dir):
         total += len(rows)
 
     def locate(i: int) -> tuple[str, int]:
-        k = max(j for j, s in enumerate(starts) if s <= i)
+        k = bisect.bisect_right(starts, i) - 1
         where, first, _ = parts[k]
         return where, first + i - starts[k]
 
-    rows = (row for _, _, part in parts for row in part)
+    rows = (row for _, _, part in parts for row in _rows(part))
     records, _ = convert(rows, spec, locate, describe)
-    files = sorted({where for where, _, _ in parts}) if "files" in spec else []
+    files = list(dict.fromkeys(where for where, _, _ in parts)) if "files" in spec else []
     read = {"rows": total, "split_read": selection}
     if files:
         read["files"] = [{"path": p, "sha256": pin["sha256"][p]} for p in files]
     return examples_table(name, split, records), read
+
+
+def _rows(dataset):
+    """The rows of a `datasets.Dataset` as dicts, decoded by its features (a column of mixed
+    JSON types keeps each value's own type), a batch at a time: several times faster than
+    its row-by-row iteration."""
+    for batch in dataset.iter(batch_size=1024):
+        names = list(batch)
+        for values in zip(*batch.values(), strict=True):
+            yield dict(zip(names, values, strict=True))
 
 
 def _slice(files: list, instruction) -> list[tuple[str, int, object]]:
@@ -248,8 +260,9 @@ def _slice(files: list, instruction) -> list[tuple[str, int, object]]:
     return out
 
 
-def _load_sources(spec: dict, pin: dict, cache_dir) -> dict[str, list]:
-    """Split name -> [(where, datasets.Dataset)]: one entry per local file, or the Hub split."""
+def load_sources(spec: dict, pin: dict, cache_dir) -> dict[str, list]:
+    """Split name -> [(where, datasets.Dataset)] of a pinned distribution: one entry per local
+    file, or the Hub split, loaded with a `datasets` cache in `cache_dir`."""
     import datasets
 
     datasets.disable_progress_bars()  # a bar per file would fill the job's log
