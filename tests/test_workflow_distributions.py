@@ -63,8 +63,8 @@ def workdir(tmp_path_factory, hub):
 
 def test_they_are_materialised_like_genies_datasets(workdir):
     mine = pq.read_table(workdir / "results/data/mine/test.parquet")
-    genies = pq.read_table(workdir / "results/data/tgt_b/test.parquet")
-    assert mine.schema.remove_metadata() == genies.schema.remove_metadata()
+    tgt_b = pq.read_table(workdir / "results/data/tgt_b/test.parquet")
+    assert mine.schema.remove_metadata() == tgt_b.schema.remove_metadata()
     first = mine.to_pylist()[0]
     assert first["prompt"] == TEMPLATE.replace("{prompt}", preference_pairs(6, 6)[0]["question"])
     assert first["example_id"] == "mine/test/00000"
@@ -86,8 +86,8 @@ def test_the_datasets_table_records_where_each_came_from(workdir, hub):
         hub.commit,
     )
     assert theirs["files"] == [] and theirs["dropped_rows"] == 0
-    genies = query(workdir, "select origin from datasets where dataset = 'tgt_b'")
-    assert {r["origin"] for r in genies} == {"genies"}
+    tgt_b = query(workdir, "select origin from datasets where dataset = 'tgt_b'")
+    assert {r["origin"] for r in tgt_b} == {"genies"}
 
 
 def test_every_shift_has_its_cells_and_viewer_entries(workdir):
