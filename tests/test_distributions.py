@@ -348,8 +348,8 @@ def test_the_plan_offers_own_distributions_beside_the_genies_datasets(genies_fol
 @pytest.mark.parametrize(
     "entry, message",
     [
-        ({"layout": "pairs"}, "either `files` or `hub`"),
-        ({"hub": "o/d", "files": {"train": "a.csv"}, "layout": "pairs"}, "either `files` or `hub`"),
+        ({"layout": "pairs"}, "exactly one of `files`"),
+        ({"hub": "o/d", "files": {"train": "a.csv"}, "layout": "pairs"}, "exactly one of `files`"),
         ({"files": {"train": "a.csv"}, "revision": "v1", "layout": "pairs"}, "`revision` is for"),
         ({"files": {"t": "a.csv"}, "layout": "pairs", "columns": {"scores": "s"}}, "['scores']"),
         ({"files": {"t": "a.csv"}, "layout": "pairs", "keep": "all"}, "option of layout ranked"),

@@ -2,8 +2,7 @@
 
 An entry names its data: local files (`files`: split name -> a file or a list of files, each
 .json, .jsonl, .parquet or .csv) or a Hugging Face Hub dataset (`hub`, `revision`, `subset`,
-`data_dir`);
-the split each GENIES split reads (`splits`, in `datasets`' split syntax: `test`,
+`data_dir`); the split each GENIES split reads (`splits`, in `datasets`' split syntax: `test`,
 `train[:80%]`, `train[-200:]`); and the layout of its rows (`genies.data.layouts`).
 
 Two steps, so that both splits read the same data:
@@ -42,8 +41,6 @@ FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "cs
 # The keys of an entry that say where its data is: the pin depends on these only.
 SOURCE_KEYS = ("files", "hub", "revision", "subset", "data_dir")
 DEFAULT_REVISION = "main"
-
-
 # Options that only some layouts read.
 LAYOUT_OPTIONS = {"keep": "ranked", "multi_turn": "messages"}
 
@@ -52,7 +49,10 @@ def check_entry(name: str, spec: dict) -> None:
     """What the schema cannot say about a `distributions:` entry; ConfigError if wrong."""
     where = f"distributions: {name}"
     if ("files" in spec) == ("hub" in spec):
-        raise ConfigError(f"{where}: name its data with either `files` or `hub`, not both")
+        raise ConfigError(
+            f"{where}: name its data with exactly one of `files` (local files) and `hub` (a "
+            "Hugging Face Hub dataset)"
+        )
     for key in ("revision", "subset", "data_dir"):
         if key in spec and "hub" not in spec:
             raise ConfigError(f"{where}: `{key}` is for a Hub dataset (`hub`), not for files")
