@@ -30,6 +30,7 @@ from genies.pipeline.plan import (
     CELL,
     DATA,
     DATABASE,
+    DISTRIBUTION_PIN,
     DOWNLOADED_DATA,
     FEW_SHOT_PROMPTS,
     FEW_SHOT_SCORES,

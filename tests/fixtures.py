@@ -217,3 +217,35 @@ def tiny_reward_model_dir(root: Path, seed: int = 3, chat_template: bool = False
     model.save_pretrained(root)
     tokenizer.save_pretrained(root)
     return root
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """Rows of the user's own preference data, in the format of `path`'s suffix: .json (an
+    array), .jsonl, .parquet or .csv (columns of scalars only)."""
+    import pyarrow as pa
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix == ".parquet":
+        pyarrow.parquet.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        pyarrow.csv.write_csv(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def preference_pairs(n: int, seed: int, marker: str = "good") -> list[dict]:
+    """`make_examples` as prompt/chosen/rejected rows (the `pairs` layout), with a bare
+    question as the prompt and a scalar column to keep as metadata."""
+    rows = []
+    for i, ex in enumerate(make_examples(n, 2, seed, marker)):
+        (chosen,) = [t for t, s in ex["responses"].items() if s == 1.0]
+        (rejected,) = [t for t, s in ex["responses"].items() if s == 0.0]
+        question = f"Write about {ex['instruction']} ({i})."
+        rows.append({"question": question, "chosen": chosen, "rejected": rejected, "id": i})
+    return rows

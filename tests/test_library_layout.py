@@ -34,6 +34,8 @@ TORCH_FREE = (
 )
 CPU_ONLY_SCRIPTS = (
     "materialise",
+    "pin_distribution",
+    "materialise_distribution",
     "shift_registry",
     "download_data",
     "few_shot_prompts",

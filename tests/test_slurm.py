@@ -37,7 +37,9 @@ from .fixtures import (
     TRAINED_INTERVENTIONS,
     fake_llama_dir,
     make_genies_folder,
+    preference_pairs,
     workflow_config,
+    write_rows,
 )
 from .workflow import REPO, snakemake_command, write_config
 
@@ -161,6 +163,24 @@ def test_profile_resolves_from_repo_root_and_routes_jobs_by_site_environment(dry
         else:
             assert "gpu" not in res and "gpu_model" not in res, (job.rule, res)
             assert res["slurm_partition"] == "cpu", (job.rule, res)
+
+
+def test_own_distributions_are_pinned_on_the_submit_host_and_materialised_on_cpu_nodes(tmp_path):
+    data = make_genies_folder(tmp_path / "genies-data")
+    write_rows(tmp_path / "mine.jsonl", preference_pairs(4, 0))
+    (tmp_path / "shifts.json").write_text(json.dumps([{"source": "mine", "target": "tgt_b"}]))
+    mine = {"files": {"train": "mine.jsonl", "test": "mine.jsonl"}, "layout": "pairs"}
+    mine["columns"] = {"prompt": "question"}
+    config = workflow_config(data, shifts="shifts.json", distributions={"mine": mine})
+    write_config(tmp_path, config)
+    jobs = planned_jobs(tmp_path, site_env())
+    assert [j.rule for j in jobs].count("materialise_distribution") == 2
+    assert "pin_distribution" in local_rules() & {j.rule for j in jobs}  # it may download
+    for job in jobs:
+        if job.rule == "materialise_distribution":
+            res = job.resources
+            assert res["slurm_partition"] == "cpu" and "gpu" not in res, res
+            assert int(res["mem_mb"]) > 0 and int(res["cpus_per_task"]) >= 1, res
 
 
 def test_profile_without_site_environment_leaves_the_choice_to_slurm(dry_workdir):

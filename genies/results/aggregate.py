@@ -167,6 +167,11 @@ def datasets_table(data_files) -> pa.Table:
                 "responses_per_example": int(k[0]) if len(k) else None,
                 "pairs": int((k - 1).sum()),
                 "warnings": prov.get("warnings", []),
+                "origin": prov.get("origin"),
+                "location": prov.get("location"),
+                "commit": prov.get("commit"),
+                "files": prov.get("files", []),
+                "dropped_rows": prov.get("dropped_rows", 0),
             }
         )
     schema = pa.schema(
@@ -177,6 +182,13 @@ def datasets_table(data_files) -> pa.Table:
             ("responses_per_example", pa.int64()),
             ("pairs", pa.int64()),
             ("warnings", pa.list_(pa.string())),
+            # Where the split came from (genies, files or hub): the GENIES data, the user's
+            # files with their sha256, or a Hub dataset and the commit its revision pinned.
+            ("origin", pa.string()),
+            ("location", pa.string()),
+            ("commit", pa.string()),
+            ("files", pa.list_(pa.struct([("path", pa.string()), ("sha256", pa.string())]))),
+            ("dropped_rows", pa.int64()),
         ]
     )
     return pa.Table.from_pylist(rows, schema=schema)
