@@ -119,15 +119,19 @@ def test_offline_reads_the_cache_and_asks_for_nothing(hub, tmp_path):
     assert got["commit"] == commit and got["prompts"] == ["Q0?", "Q1?"]
     assert len(hub.requests) == asked
     got = run_step(hub, tmp_path, "pin", {**spec, "revision": "f" * 40}, offline=True)
-    assert "is not in the local Hugging Face cache" in got["error"]
+    assert "not in the local Hugging Face cache" in got["error"]
 
 
 @pytest.mark.parametrize(
     "repo, revision, message",
     [
-        ("org/absent", "main", "not found on the Hub (a private one needs HF_TOKEN"),
-        ("org/gated", "main", "is gated: accept its conditions on its Hub page"),
-        (REPO, "v9", "has no revision 'v9'"),
+        ("org/absent", "main", "no such repository on the Hub (check the id; if it is private"),
+        (
+            "org/gated",
+            "main",
+            "is gated and no token was sent; accept its licence on https://huggingface.co/datasets/org/gated",
+        ),
+        (REPO, "v9", "has no revision 'v9' (a branch, tag or full commit hash)"),
     ],
 )
 def test_hub_failures_say_what_to_do(hub, tmp_path, repo, revision, message):

@@ -33,6 +33,7 @@ from pathlib import Path
 from genies.data.layouts import LAYOUTS, convert, required_columns
 from genies.data.materialise import LONG_EXAMPLE_CHARS, examples_table, write_split
 from genies.errors import ConfigError, DataError
+from genies.hub import explain_hub_error
 from genies.io import RunRecord, write_json
 
 log = logging.getLogger(__name__)
@@ -128,12 +129,6 @@ def hub_snapshot(repo: str, revision: str, data_dir: str | None = None) -> Path:
     files, or those under `data_dir`); its name is the commit. Offline (HF_HUB_OFFLINE=1), a
     commit or a branch the cache knows."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     where = f"Hugging Face dataset {repo}@{revision}"
     try:
@@ -141,22 +136,11 @@ def hub_snapshot(repo: str, revision: str, data_dir: str | None = None) -> Path:
         return Path(
             snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=only)
         )
-    except GatedRepoError:
-        message = (
-            "is gated: accept its conditions on its Hub page, then set HF_TOKEN to a token of "
-            "that account or run `hf auth login`"
-        )
-    except RepositoryNotFoundError:
-        message = "not found on the Hub (a private one needs HF_TOKEN or `hf auth login`)"
-    except RevisionNotFoundError:
-        message = f"has no revision {revision!r} (a branch, tag or commit hash)"
-    except LocalEntryNotFoundError:
-        message = (
-            "is not in the local Hugging Face cache and the Hub cannot be reached "
-            "(HF_HUB_OFFLINE is set or there is no network): run the workflow once where the Hub "
-            "can be reached, with the same HF_HOME"
-        )
-    raise DataError(where, message) from None
+    except Exception as exc:
+        message = explain_hub_error(exc, repo, revision, "dataset")
+        if message is None:
+            raise
+        raise DataError(where, message) from None
 
 
 def materialise_distribution(

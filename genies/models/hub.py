@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from genies.hub import explain_hub_error
 from genies.models.loading import ModelError, check_model_files
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ SIDE_FILES = (
     "chat_template.json",
 )
 COMMIT = re.compile(r"[0-9a-f]{40}")
-TOKEN_ADVICE = "set HF_TOKEN to a token that can read it, or run `hf auth login`"
 
 
 @dataclass(frozen=True)
@@ -182,54 +182,5 @@ def _unreachable() -> tuple[type[BaseException], ...]:
 
 
 def _explain(exc: Exception, repo: str, revision: str, where: str) -> ModelError | None:
-    from huggingface_hub.errors import (
-        DisabledRepoError,
-        GatedRepoError,
-        HFValidationError,
-        IncompleteSnapshotError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(exc, GatedRepoError):  # first: it is a RepositoryNotFoundError too
-        response = getattr(exc, "response", None)
-        sent = response is not None and response.status_code == 403
-        why = "your token has not been granted access" if sent else "no token was sent"
-        return ModelError(
-            f"{where}: the repository is gated and {why}; accept its licence on "
-            f"https://huggingface.co/{repo} with your account, then {TOKEN_ADVICE}"
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        return ModelError(
-            f"{where}: no such repository on the Hub (check the id; if it is private, "
-            f"{TOKEN_ADVICE})"
-        )
-    if isinstance(exc, RevisionNotFoundError):
-        return ModelError(
-            f"{where}: the repository has no revision {revision!r} (a branch, tag or full "
-            "commit hash)"
-        )
-    if isinstance(exc, DisabledRepoError):
-        return ModelError(f"{where}: the repository has been disabled on the Hub")
-    if isinstance(exc, HFValidationError):
-        return ModelError(f"{where}: not a valid repository id or revision ({exc})")
-    if isinstance(exc, IncompleteSnapshotError):
-        return ModelError(
-            f"{where}: the local Hugging Face cache holds only part of it ({exc}); prepare the "
-            "model once online"
-        )
-    if isinstance(exc, LocalEntryNotFoundError | OfflineModeIsEnabled):
-        return ModelError(
-            f"{where} is not in the local Hugging Face cache ({_cache_dir()}) and the Hub cannot "
-            "be reached (HF_HUB_OFFLINE is set, or no network): prepare the model once online "
-            "(or `hf download` it on a machine with network into the same HF_HOME)"
-        )
-    return None
-
-
-def _cache_dir() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
+    message = explain_hub_error(exc, repo, revision, "model")
+    return None if message is None else ModelError(f"{where}: {message}")
