@@ -23,6 +23,7 @@ TORCH_FREE = (
     "genies.io",
     "genies.seeds",
     "genies.progress",
+    "genies.hub",
     "genies.data.*",
     "genies.models.layout",
     "genies.models.tokens",
