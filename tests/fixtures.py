@@ -148,22 +148,27 @@ def tiny_llama(attn: str = "sdpa", vocab: int = 300):
     return LlamaForCausalLM(cfg).eval()
 
 
-LLAMA_SHAPES = {  # layers, hidden, intermediate, vocab of the LLaMA-1 checkpoints
-    "7b": (32, 4096, 11008, 32000),
-    "30b": (60, 6656, 17920, 32000),
+LLAMA_SHAPES = {  # layers, hidden, intermediate, vocab, KV heads of the released checkpoints
+    "7b": (32, 4096, 11008, 32000, 32),
+    "13b": (40, 5120, 13824, 32000, 40),
+    "30b": (60, 6656, 17920, 32000, 52),
+    "65b": (80, 8192, 22016, 32000, 64),
+    "70b": (80, 8192, 28672, 32000, 8),  # Llama-2-70B
+    "8b-128k": (32, 4096, 14336, 128256, 8),  # Llama-3-8B
 }
 
 
 def fake_llama_dir(root: Path, size: str, shards: int = 2) -> Path:
     """A local model directory whose safetensors files have a LLaMA checkpoint's headers and
     sizes but no data (sparse files: nothing is written to disk), for resource planning."""
-    layers, hidden, inter, vocab = LLAMA_SHAPES[size]
+    layers, hidden, inter, vocab, kv_heads = LLAMA_SHAPES[size]
+    kv = 128 * kv_heads  # head size 128
     tensors = {"model.embed_tokens.weight": [vocab, hidden], "lm_head.weight": [vocab, hidden]}
     tensors["model.norm.weight"] = [hidden]
     for i in range(layers):
         p = f"model.layers.{i}."
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            tensors[f"{p}self_attn.{name}.weight"] = [hidden, hidden]
+        for name, rows in (("q_proj", hidden), ("k_proj", kv), ("v_proj", kv), ("o_proj", hidden)):
+            tensors[f"{p}self_attn.{name}.weight"] = [rows, hidden]
         for name, shape in (("gate_proj", [inter, hidden]), ("up_proj", [inter, hidden])):
             tensors[f"{p}mlp.{name}.weight"] = shape
         tensors[f"{p}mlp.down_proj.weight"] = [hidden, inter]
@@ -184,7 +189,10 @@ def fake_llama_dir(root: Path, size: str, shards: int = 2) -> Path:
         with open(path, "wb") as f:
             f.write(struct.pack("<Q", len(raw)) + raw)
             f.truncate(8 + len(raw) + offset)
-    (root / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": hidden}))
+    config = {"model_type": "llama", "hidden_size": hidden, "num_hidden_layers": layers,
+              "num_attention_heads": hidden // 128, "num_key_value_heads": kv_heads,
+              "intermediate_size": inter, "vocab_size": vocab}  # fmt: skip
+    (root / "config.json").write_text(json.dumps(config))
     return root
 
 

@@ -26,10 +26,9 @@ import torch
 from genies.data.chat import mark
 from genies.errors import GeniesError
 from genies.models.context import max_positions
-from genies.models.layout import WEIGHT_SHARE, model_layout
+from genies.models.layout import LINK_FILE, WEIGHT_SHARE, model_layout, weights_folder
 
 MODEL_INFO_FILE = "genies_model.json"
-LINK_FILE = "genies_model_link.json"
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -206,11 +205,10 @@ def resolve_model_dir(model_dir) -> Path:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist; prepare the model first")
-    link = model_dir / LINK_FILE
-    if link.is_file():
-        target = Path(json.loads(link.read_text())["path"])
+    target = weights_folder(model_dir)
+    if target != model_dir:
         if not target.is_dir():
-            raise ModelError(f"{link} points at {target}, which no longer exists")
+            raise ModelError(f"{model_dir / LINK_FILE} points at {target}, which no longer exists")
         return target
     if not any(model_dir.glob("*.safetensors")):
         files = sorted(p.name for p in model_dir.iterdir())

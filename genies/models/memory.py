@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from genies.errors import GeniesError
-from genies.models.layout import NF4_BYTES, decoder_layers, model_layout
+from genies.models.layout import decoder_layers, loaded_bytes, model_layout
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +131,11 @@ class Shape:
         return self.num_layers * layer + embeddings + h
 
     def weight_bytes(self, b: float, quantization: str | None = None) -> int:
-        """Loaded weight bytes (Llama layout). NF4 (`genies.models.layout.NF4_BYTES`) for the
-        decoder blocks' linear layers; the rest then in float32, as k-bit preparation leaves it."""
+        """Loaded weight bytes (Llama layout), by `genies.models.layout.loaded_bytes`: with NF4
+        the decoder blocks' linear layers are 4-bit, the rest float32 (k-bit preparation)."""
         h = self.hidden_size
         rest = 2 * self.vocab_size * h + (2 * self.num_layers + 1) * h
-        blocks = self.parameters() - rest
-        if quantization == "nf4":
-            return int(blocks * NF4_BYTES + rest * 4)
-        return int(self.parameters() * b)
+        return loaded_bytes(self.parameters() - rest, rest, b, quantization)
 
     def layer_temporaries(self, b: float) -> float:
         """Bytes per position of the largest set of tensors alive inside one layer (no grad)."""
