@@ -29,6 +29,9 @@ import duckdb
 import pytest
 
 from genies.methods.tuned.checkpoints import latest_checkpoint
+from genies.pipeline.cluster import activation_file_bytes
+from genies.pipeline.plan import DATA, Plan
+from genies.scratch import scratch_in_memory
 
 from . import slurm_cluster
 from .fixtures import (
@@ -612,3 +615,34 @@ def test_a_gpu_count_too_small_for_readable_weights_stops_the_dag(tmp_path):
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text[-3000:]
     assert "need 2 GPUs of 40 GB" in text and "set 'gpus: 2' in models.llama-30b" in text, text
+
+
+@pytest.mark.e2e
+def test_a_tmpfs_scratch_counts_in_the_forward_jobs_memory(tmp_path):
+    """With scratch_dir on a tmpfs (as seen here), a forward job asks for its activation file
+    on top of its host memory: <TBD> in a dry run until its data and model are built, then
+    the exact size (genies.pipeline.cluster.activation_file_bytes)."""
+    if not scratch_in_memory("/dev/shm/genies"):
+        pytest.skip("/dev/shm is not a tmpfs here")
+    data = make_genies_folder(tmp_path / "genies-data")
+    interventions = {"zero_shot": {}, "mms": ALL_INTERVENTIONS["mms"]}
+    config = workflow_config(data, interventions=interventions)
+    write_config(tmp_path, config)
+    env = {k: v for k, v in site_env().items() if k != "TMPDIR"}
+
+    def forward_mem():
+        jobs = planned_jobs(tmp_path, env, profile=False)
+        return {j.wildcards["dataset"]: j.resources["mem_mb"] for j in jobs if j.rule == "forward"}
+
+    on_disk = forward_mem()
+    assert on_disk and all(v.isdigit() for v in on_disk.values()), on_disk
+    write_config(tmp_path, {**config, "scratch_dir": "/dev/shm/genies"})
+    assert set(forward_mem().values()) == {"<TBD>"}
+    cmd = snakemake_cmd(tmp_path, "--cores", "2", "--until", "materialise", "prepare_model")
+    subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    plan = Plan({**config, "scratch_dir": "/dev/shm/genies"})
+    for dataset, mem_mb in forward_mem().items():
+        work = plan.forward_work(dataset, "tiny")
+        files = {split: tmp_path / DATA.format(dataset=dataset, split=split) for split in work}
+        size = activation_file_bytes(work, files, {}, tmp_path / "resources/models/tiny")
+        assert size > 0 and int(mem_mb) == int(on_disk[dataset]) + math.ceil(size / 2**20)

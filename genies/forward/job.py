@@ -176,6 +176,7 @@ def run_forward(
     scratch = None
     if planned:
         setting = {**JOB_DEFAULTS, **(job or {})}["scratch_dir"]
+        Path(activations_path).parent.mkdir(parents=True, exist_ok=True)
         scratch = choose_scratch(planned, setting, Path(activations_path).parent)
     with _ModelJob(
         "forward", model_dir, model_name, scoring, job, params, scratch, dataset=dataset
