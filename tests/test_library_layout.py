@@ -23,6 +23,8 @@ TORCH_FREE = (
     "genies.io",
     "genies.seeds",
     "genies.progress",
+    "genies.scratch",
+    "genies.versions",
     "genies.data.*",
     "genies.models.layout",
     "genies.models.tokens",

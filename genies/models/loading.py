@@ -27,6 +27,7 @@ from genies.data.chat import mark
 from genies.errors import GeniesError
 from genies.models.context import max_positions
 from genies.models.layout import LINK_FILE, WEIGHT_SHARE, model_layout, weights_folder
+from genies.versions import MODEL_PACKAGES, check_versions
 
 MODEL_INFO_FILE = "genies_model.json"
 DTYPES = {
@@ -80,8 +81,10 @@ def load_model(
     compute in the resolved dtype); it works on CUDA and, with bitsandbytes >= 0.48, on CPU.
     `gpus` > 1 spreads the model over that many GPUs (from `device`'s index on); `device_map`
     places modules explicitly (see the module docstring). The tokenizer's `model_max_length`
-    is set to the model's context (`genies.models.context.max_positions`).
+    is set to the model's context (`genies.models.context.max_positions`). Packages older than
+    genies declares (`genies.versions`) fail first, naming what to upgrade.
     """
+    check_versions(MODEL_PACKAGES + (("bitsandbytes",) if quantization == "nf4" else ()))
     from transformers import AutoTokenizer
 
     model_class = auto_class(task)
