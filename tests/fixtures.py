@@ -225,3 +225,45 @@ def tiny_reward_model_dir(root: Path, seed: int = 3, chat_template: bool = False
     model.save_pretrained(root)
     tokenizer.save_pretrained(root)
     return root
+
+
+def llama1_dir(root: Path) -> Path:
+    """A LLaMA-1-style model folder built offline: a tiny random Llama (safetensors) whose
+    tokenizer is only a sentencepiece tokenizer.model (BPE, byte fallback, dummy prefix, as
+    Meta's) with a LlamaTokenizer tokenizer_config.json; no tokenizer.json."""
+    import sentencepiece as spm
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    words = ("apple river stone cloud garden music paper window forest candle silver ocean "
+             "Response Instruction Human Assistant the a of and to in is that it was for on "
+             "are with as I his they be at one have this").split()  # fmt: skip
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(words) for _ in range(12)) + f" {rng.randint(0, 999)}."
+             for _ in range(3000)]  # fmt: skip
+    lines += ["### Instruction:\nWrite about apples.\n\n### Response:\nSure: café naïve 東京"] * 5
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(lines))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(root / "tokenizer"), vocab_size=400,
+        model_type="bpe", byte_fallback=True, split_digits=True, add_dummy_prefix=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=0.9995,
+        allow_whitespace_only_pieces=True, minloglevel=2,
+    )  # fmt: skip
+    corpus.unlink()
+    (root / "tokenizer.vocab").unlink()
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (root / "special_tokens_map.json").write_text(json.dumps(special))
+    (root / "tokenizer_config.json").write_text(json.dumps({
+        **special, "model_max_length": 2048, "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+    }))  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=400, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(root)
+    return root

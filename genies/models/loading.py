@@ -30,6 +30,7 @@ from genies.models.layout import LINK_FILE, WEIGHT_SHARE, model_layout, weights_
 from genies.versions import MODEL_PACKAGES, check_versions
 
 MODEL_INFO_FILE = "genies_model.json"
+SENTENCEPIECE_FILE = "tokenizer.model"
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -102,7 +103,7 @@ def load_model(
             f"unknown quantization {quantization!r}; allowed: none, {', '.join(QUANTIZATIONS)}"
         )
 
-    tokenizer = AutoTokenizer.from_pretrained(weights_dir, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(model_dir), trust_remote_code=False)
     check_fast(tokenizer, weights_dir)
 
     kwargs = {
@@ -217,6 +218,30 @@ def resolve_model_dir(model_dir) -> Path:
         files = sorted(p.name for p in model_dir.iterdir())
         raise ModelError(f"model directory {model_dir} has no *.safetensors; files: {files}")
     return model_dir
+
+
+def sentencepiece_only(folder) -> bool:
+    """Whether `folder`'s tokenizer is a tokenizer.model without a tokenizer.json (LLaMA-1
+    checkpoints): preparation converts it (`genies.models.sentencepiece_tokenizer`)."""
+    folder = Path(folder)
+    return (folder / SENTENCEPIECE_FILE).is_file() and not (folder / "tokenizer.json").is_file()
+
+
+def tokenizer_dir(model_dir) -> Path:
+    """Where a prepared model's tokenizer is: the directory itself when it holds a
+    tokenizer.json (a linked model whose sentencepiece tokenizer preparation converted), else
+    the folder of its weights."""
+    model_dir = Path(model_dir)
+    if (model_dir / "tokenizer.json").is_file():
+        return model_dir
+    folder = resolve_model_dir(model_dir)
+    if sentencepiece_only(folder):
+        raise ModelError(
+            f"the tokenizer of {model_dir} is only a sentencepiece {SENTENCEPIECE_FILE}, which "
+            f"model preparation converts to a tokenizer.json; prepare the model again "
+            f"(snakemake --forcerun prepare_model, or genies.models.prepare.prepare_model)"
+        )
+    return folder
 
 
 TASKS = ("causal_lm", "sequence_classification")

@@ -38,7 +38,8 @@ from genies.models.loading import (
     check_fast,
     ensure_pad_token,
     is_sequence_classifier,
-    resolve_model_dir,
+    sentencepiece_only,
+    tokenizer_dir,
 )
 
 SOURCES = ("smollm2", "local", "tiny")
@@ -68,9 +69,7 @@ def prepare_model(spec: dict, out_dir) -> None:
 
             from genies.data.chat import require_template
 
-            tokenizer = AutoTokenizer.from_pretrained(
-                resolve_model_dir(tmp), trust_remote_code=False
-            )
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(tmp), trust_remote_code=False)
             require_template(tokenizer, spec.get("path", f"source {source}"))
         record = {"spec": _jsonable(spec), "description": info}
         (tmp / MODEL_INFO_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -134,9 +133,9 @@ def _prepare_local(spec: dict, out: Path) -> dict:
     src = _check_local_dir(spec)
     if spec.get("link", False):
         return _link_local(src, out)
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    tokenizer = _source_tokenizer(src, out)
     config = AutoConfig.from_pretrained(src, trust_remote_code=False)
     model = auto_class(TASKS[1] if is_sequence_classifier(config) else TASKS[0]).from_pretrained(
         src, dtype="auto", trust_remote_code=False, use_safetensors=True
@@ -173,12 +172,25 @@ def _check_local_dir(spec: dict) -> Path:
     return src
 
 
+def _source_tokenizer(src: Path, out: Path):
+    """The tokenizer of local model `src`; a sentencepiece-only one is converted into `out`
+    (`genies.models.sentencepiece_tokenizer`)."""
+    if sentencepiece_only(src):
+        from genies.models.sentencepiece_tokenizer import convert_sentencepiece
+
+        return convert_sentencepiece(src, out)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+
+
 def _link_local(src: Path, out: Path) -> dict:
-    """Validate `src` without loading its weights and write a link to it into `out`."""
-    from transformers import AutoConfig, AutoTokenizer
+    """Validate `src` without loading its weights and write a link to it into `out` (and the
+    converted tokenizer of a sentencepiece-only `src`, which jobs then load from `out`)."""
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(src, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    tokenizer = _source_tokenizer(src, out)
     check_fast(tokenizer, src)
     n_params = parameter_count(safetensors_shapes(src))
     (out / LINK_FILE).write_text(json.dumps({"path": str(src)}, indent=2) + "\n")
