@@ -58,27 +58,39 @@ def host_mem_mb(spec: dict, on_gpu: bool, attempt: int = 1, dtype: str = "auto")
         held = largest_shard_bytes(spec)
     else:
         held = spec_weight_bytes(spec, BYTES_PER_PARAM.get(dtype, 4)) or int(1e9 * 4)
+    return held_mem_mb(held, attempt)
+
+
+def held_mem_mb(held: int, attempt: int = 1) -> int:
+    """Host memory (MB) of a model job that holds `held` bytes of weights at once."""
     return math.ceil(RUNTIME_MB + 1.25 * held / MB) * attempt
 
 
-def activation_file_bytes(work: dict, data_files: dict, limits: dict, model_dir) -> int:
-    """Bytes of the tensors a forward job writes to its activation file: `work` (split ->
-    stimulus -> {kind: layers}, `genies.pipeline.plan.Plan.forward_work`) over the materialised
-    `data_files` (split -> Parquet, the first `limits[split]` examples) with the layout of the
-    prepared `model_dir`. Raises FileNotFoundError naming a missing input."""
-    for path in [model_dir, *data_files.values()]:
-        if not Path(path).exists():
-            raise FileNotFoundError(2, "not built yet", str(path))
-    layout = config_layout(model_dir)
+def activation_bytes(work: dict, responses: dict, layout: dict) -> int:
+    """Bytes of the tensors of a forward job's activation file: `work` (split -> stimulus ->
+    {kind: layers}, `genies.pipeline.plan.Plan.forward_work`) over `responses` (split -> the
+    response lists of its examples) for a model of `layout` (`genies.models.layout`)."""
     total = 0
     for split, stimuli in work.items():
-        responses = read_examples(data_files[split], limits.get(split)).column("responses")
-        responses = responses.to_pylist()
         for stimulus, kinds in stimuli.items():
-            continuations = stimulus_turns(stimulus, [""] * len(responses), responses)[2]
-            rows = sum(map(len, continuations))
+            units = stimulus_turns(stimulus, [""] * len(responses[split]), responses[split])[2]
+            rows = sum(map(len, units))
             layers = kinds.get("resid")
             layers = None if layers is None else resolve_layers(layers, layout["num_layers"])
             shapes = activation_shapes(rows, layout, "heads" in kinds, layers)
             total += sum(math.prod(s) * np.dtype(t).itemsize for s, t in shapes.values())
     return total
+
+
+def activation_file_bytes(work: dict, data_files: dict, limits: dict, model_dir) -> int:
+    """`activation_bytes` of a forward job over its materialised `data_files` (split ->
+    Parquet, the first `limits[split]` examples) with the layout of the prepared `model_dir`.
+    Raises FileNotFoundError naming a missing input."""
+    for path in [model_dir, *data_files.values()]:
+        if not Path(path).exists():
+            raise FileNotFoundError(2, "not built yet", str(path))
+    responses = {
+        split: read_examples(data_files[split], limits.get(split)).column("responses").to_pylist()
+        for split in work
+    }
+    return activation_bytes(work, responses, config_layout(model_dir))
