@@ -57,16 +57,6 @@ MFU = {"scoring": 0.40, "qlora_train": 0.20, "qlora_eval": 0.25}
 LOAD_S = {"bf16": 25.0, "nf4": 45.0}
 
 
-def layout_of(shape) -> dict:
-    return {
-        "num_layers": shape.num_layers,
-        "hidden_size": shape.hidden_size,
-        "num_heads": shape.num_heads,
-        "num_kv_heads": shape.num_kv_heads,
-        "head_dim": shape.head_dim,
-    }
-
-
 def paper_plan(data_dir: str) -> Plan:
     paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     return Plan({**paper, "data_dir": data_dir, "shifts": "genies"})
@@ -109,7 +99,7 @@ def table(plan: Plan, splits: Splits) -> list[str]:
         for dataset in plan.datasets:
             work = plan.forward_work(dataset, run_model)
             by_split = {split: responses[(dataset, split)] for split in work}
-            files.append(activation_bytes(work, by_split, layout_of(shape)))
+            files.append(activation_bytes(work, by_split, shape.layout()))
         largest = max(files)
         rows.append(
             f"| {name} | {shape.parameters() / 1e9:.2f} B | {counts[0]} | {counts[1]} | "
@@ -157,7 +147,7 @@ def estimate(plan: Plan, splits: Splits, model_dir: str) -> list[str]:
 
     shape = LLAMA["llama-7b"]
     tokenizer, model = tokenizer_and_model(model_dir)
-    loaded = SimpleNamespace(model=model, tokenizer=tokenizer, layout=layout_of(shape))
+    loaded = SimpleNamespace(model=model, tokenizer=tokenizer, layout=shape.layout())
     totals = {}  # kind -> [tokens, FLOPs, jobs]
 
     def add(kind, tokens, work, jobs=0):

@@ -101,6 +101,11 @@ def test_headers_and_memory_model_agree(llamas, size, quantization):
     assert from_headers == pytest.approx(shape_of(size).weight_bytes(2, quantization), abs=1)
 
 
+def test_the_layout_read_without_transformers_is_the_shapes(llamas):
+    for size in LLAMA_SHAPES:
+        assert layout.config_layout(llamas[size]) == shape_of(size).layout(), size
+
+
 def test_nf4_counts_a_large_vocabulary_in_float32(llamas):
     """An 8B model with a 128k vocabulary: its embeddings and LM head (1.05e9 parameters) are
     float32 after k-bit preparation, so its NF4 weights take 7.8 GB, not the 5.7 GB they would

@@ -116,6 +116,11 @@ class Shape:
             gated_mlp=getattr(config, "model_type", "llama") not in UNGATED_MLP,
         )
 
+    def layout(self) -> dict:
+        """The shape as `genies.models.layout.model_layout` gives a model's."""
+        keys = ("num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size")
+        return {key: getattr(self, key) for key in keys}
+
     def kv_bytes(self, b: float) -> float:
         """KV cache bytes per position."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * b
