@@ -68,18 +68,17 @@ def remove_path(path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path, scratch: bool = False):
+def atomic_path(path, scratch=None):
     """Yield a temporary path next to `path`; rename it onto `path` only on success.
 
-    With `scratch`, the temporary file is written in node-local space ($TMPDIR, when set)
-    and copied next to `path` only when complete: large files written piecemeal (memory-mapped
-    activations) then never stream to shared storage.
+    With a `scratch` folder (`genies.scratch.choose_scratch`), the temporary file is written
+    there and copied next to `path` only when complete: large files written piecemeal
+    (memory-mapped activations) then never stream to shared storage.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    local = scratch_dir() if scratch else None
-    work = local / f"genies-{os.getpid()}-{path.name}" if local else tmp
+    work = Path(scratch) / f"genies-{os.getpid()}-{path.name}" if scratch else tmp
     try:
         yield work
         if work != tmp:
@@ -89,12 +88,6 @@ def atomic_path(path, scratch: bool = False):
         for leftover in {tmp, work}:
             if leftover.exists():
                 leftover.unlink()
-
-
-def scratch_dir() -> Path | None:
-    """Node-local temporary space: $TMPDIR when it is set and exists (SLURM sets it per job)."""
-    value = os.environ.get("TMPDIR")
-    return Path(value) if value and Path(value).is_dir() else None
 
 
 def write_parquet(table: pa.Table, path, metadata: dict | None = None) -> None:

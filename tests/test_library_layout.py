@@ -24,6 +24,8 @@ TORCH_FREE = (
     "genies.seeds",
     "genies.progress",
     "genies.hub",
+    "genies.scratch",
+    "genies.versions",
     "genies.data.*",
     "genies.models.layout",
     "genies.models.tokens",

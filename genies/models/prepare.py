@@ -45,7 +45,8 @@ from genies.models.loading import (
     check_model_files,
     ensure_pad_token,
     is_sequence_classifier,
-    resolve_model_dir,
+    sentencepiece_only,
+    tokenizer_dir,
 )
 
 SOURCES = ("smollm2", "local", "hf", "tiny")
@@ -75,9 +76,7 @@ def prepare_model(spec: dict, out_dir) -> None:
 
             from genies.data.chat import require_template
 
-            tokenizer = AutoTokenizer.from_pretrained(
-                resolve_model_dir(tmp), trust_remote_code=False
-            )
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(tmp), trust_remote_code=False)
             require_template(tokenizer, spec.get("path") or spec.get("repo") or f"source {source}")
         record = {"spec": _jsonable(spec), "description": info}
         (tmp / MODEL_INFO_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -141,9 +140,9 @@ def _prepare_local(spec: dict, out: Path) -> dict:
     src = _check_local_dir(spec)
     if spec.get("link", False):
         return _link(src, out, "local", {"path": str(src)})
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    tokenizer = _source_tokenizer(src, out)
     config = AutoConfig.from_pretrained(src, trust_remote_code=False)
     model = auto_class(TASKS[1] if is_sequence_classifier(config) else TASKS[0]).from_pretrained(
         src, dtype="auto", trust_remote_code=False, use_safetensors=True
@@ -166,9 +165,10 @@ def _check_local_dir(spec: dict) -> Path:
 
 
 def _link(src: Path, out: Path, source: str, extra: dict) -> dict:
-    """Validate `src` without loading its weights and write a link to it into `out`."""
+    """Validate `src` without loading its weights and write a link to it into `out` (and the
+    converted tokenizer of a sentencepiece-only `src`, which jobs then load from `out`)."""
     (out / LINK_FILE).write_text(json.dumps({"path": str(src)}, indent=2) + "\n")
-    return _describe_dir(src, source, extra={**extra, "link": True})
+    return _describe_dir(src, out, source, extra={**extra, "link": True})
 
 
 def _prepare_hf(spec: dict, out: Path) -> dict:
@@ -184,15 +184,27 @@ def _prepare_hf(spec: dict, out: Path) -> dict:
         return _link(snapshot.folder, out, "hf", extra)
     for name in snapshot.files:  # the cache's entries are links to its blobs: link the blobs
         link_or_copy((snapshot.folder / name).resolve(), out / name)
-    return _describe_dir(out, "hf", extra)
+    return _describe_dir(out, out, "hf", extra)
 
 
-def _describe_dir(src: Path, source: str, extra: dict) -> dict:
+def _source_tokenizer(src: Path, out: Path):
+    """The tokenizer of model folder `src`; a sentencepiece-only one is converted into `out`
+    (`genies.models.sentencepiece_tokenizer`)."""
+    if sentencepiece_only(src):
+        from genies.models.sentencepiece_tokenizer import convert_sentencepiece
+
+        return convert_sentencepiece(src, out)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+
+
+def _describe_dir(src: Path, out: Path, source: str, extra: dict) -> dict:
     """Check that `src` loads (config, fast tokenizer) without reading its weights."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(src, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    tokenizer = _source_tokenizer(src, out)
     check_fast(tokenizer, src)
     n_params = parameter_count(safetensors_shapes(src))
     return _describe(config, n_params, source, extra)

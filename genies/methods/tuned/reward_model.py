@@ -56,6 +56,7 @@ from genies.models.memory import (
 from genies.models.tokens import tokenize_examples
 from genies.pipeline import interventions as registry
 from genies.progress import ProgressLog
+from genies.versions import check_versions
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,7 @@ def build_reward_model(model_dir, params: dict, seed: int, device="auto", **plac
     method = params["method"]
     if method not in METHODS:
         raise ValueError(f"unknown reward-model method {method!r}; allowed: {', '.join(METHODS)}")
+    check_versions(("peft",))
     loaded = load_model(
         model_dir,
         device=device,
