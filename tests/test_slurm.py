@@ -241,6 +241,22 @@ def require_cluster() -> None:
         )
 
 
+def test_a_link_left_by_a_killed_cluster_is_removed_and_others_are_kept(tmp_path, monkeypatch):
+    conf = tmp_path / "etc/slurm/slurm.conf"
+    conf.parent.mkdir(parents=True)
+    monkeypatch.setattr(slurm_cluster, "DEFAULT_CONF", conf)
+    conf.symlink_to(tmp_path / "genies-slurm-gone/slurm.conf")
+    slurm_cluster.remove_stale_link()
+    assert not conf.is_symlink()
+    live = tmp_path / "genies-slurm-live"
+    live.mkdir()
+    for target in (live / "slurm.conf", tmp_path / "site/slurm.conf"):
+        conf.symlink_to(target)
+        slurm_cluster.remove_stale_link()
+        assert conf.is_symlink(), target
+        conf.unlink()
+
+
 @pytest.mark.parametrize(
     "variable,reason,outcome",
     [

@@ -156,7 +156,7 @@ class Plan:
     @property
     def distributions(self) -> dict[str, dict]:
         """The user's own distributions (`distributions:`), name -> entry."""
-        return self.config["distributions"]
+        return self.config.get("distributions") or {}
 
     @cached_property
     def available_datasets(self) -> list[str]:
