@@ -84,7 +84,12 @@ def test_deleting_one_prediction_rebuilds_only_it(workdir):
     target = "results/predictions/tiny/zero_shot/none/tgt_c.parquet"
     os.remove(workdir / target)
     assert planned_jobs(workdir) == Counter(
-        predict_zero_shot=1, aggregate=1, report_tables=1, viewer=1, genies_table=1
+        predict_zero_shot=1,
+        aggregate=1,
+        publish_database=1,
+        report_tables=1,
+        viewer=1,
+        genies_table=1,
     )
     assert target in planned_outputs(workdir)
     snakemake(workdir, "genies_table")
@@ -101,6 +106,7 @@ def test_editing_one_dataset_reruns_only_its_jobs(workdir):
         forward=1,
         predict_zero_shot=1,
         aggregate=1,
+        publish_database=1,
         report_tables=1,
         viewer=1,
         genies_table=1,
@@ -187,6 +193,7 @@ def test_adding_a_model_or_shift_adds_only_new_jobs(workdir):
             forward=4,
             predict_zero_shot=4,
             aggregate=1,
+            publish_database=1,
             report_tables=2,
             viewer=2,
             genies_table=1,
@@ -198,7 +205,12 @@ def test_adding_a_model_or_shift_adds_only_new_jobs(workdir):
         # tgt_b -> src_a needs no dataset the run does not have: only the shift table and
         # what reads it.
         assert planned_jobs(workdir) == Counter(
-            shift_registry=1, aggregate=1, report_tables=1, viewer=1, genies_table=1
+            shift_registry=1,
+            aggregate=1,
+            publish_database=1,
+            report_tables=1,
+            viewer=1,
+            genies_table=1,
         )
     finally:
         write_config(workdir, config)

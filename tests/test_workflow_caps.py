@@ -29,7 +29,7 @@ INTERVENTIONS = {
     "lora": TRAINED_INTERVENTIONS["lora"],
 }
 # What every rerun ends with: the database and what is made from it, per model.
-DOWNSTREAM = Counter(aggregate=1, report_tables=1, viewer=1, genies_table=1)
+DOWNSTREAM = Counter(aggregate=1, publish_database=1, report_tables=1, viewer=1, genies_table=1)
 CONFIGS = {}
 
 

@@ -63,7 +63,13 @@ def test_probe_parameter_change_reruns_only_that_probe(workdir):
         write_config(workdir, CONFIGS[workdir])
     # mms is fitted on the 3 datasets that train it and predicts 5 (train, eval) pairs.
     assert jobs == Counter(
-        fit_probe=3, predict_probe=5, aggregate=1, report_tables=1, viewer=1, genies_table=1
+        fit_probe=3,
+        predict_probe=5,
+        aggregate=1,
+        publish_database=1,
+        report_tables=1,
+        viewer=1,
+        genies_table=1,
     )
     assert all("/mms/" in p for p in outputs if p.startswith(("results/fit", "results/pred")))
     assert planned_jobs(workdir) == Counter()

@@ -1,6 +1,7 @@
 """A static per-example viewer of one model's results: results/viewer/<model>/.
 
-`index.html` is the whole page (its CSS and JavaScript inline, from `genies/results/viewer_assets/`);
+`index.html` is the whole page (its CSS and JavaScript inline, from
+`genies/results/viewer_assets/`);
 `data/<NNN>_<shift>.js` holds one shift each, loaded by a script element when the shift is chosen
 (browsers block fetch() of local files, so the data are scripts that set a global). Nothing is
 read from a server or the network: the folder works opened from disk, and inside the Snakemake
@@ -29,17 +30,17 @@ import logging
 import re
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genies.data.materialise import EXAMPLE_SCHEMA
-from genies.errors import GeniesError
-from genies.pipeline.interventions import BASELINE
-from genies.io import atomic_dir
-from genies.pipeline.plan import NO_TRAIN
 from genies.data.predictions import expand_pairs
+from genies.errors import GeniesError
+from genies.io import atomic_dir
+from genies.pipeline.interventions import BASELINE
+from genies.pipeline.plan import NO_TRAIN
+from genies.results.database import connect
 from genies.results.report import intervention_order
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ def index_html(manifest: dict) -> str:
 def write_viewer(database, data_files, model: str, out_dir) -> dict:
     """Write the viewer of `model` into `out_dir` (replaced atomically); return its sizes."""
     store = ExampleStore(data_files)
-    con = duckdb.connect(str(database), read_only=True)
+    con = connect(database)
     try:
         published, shown = published_models(con, model)
         shifts = [
