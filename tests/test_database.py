@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,6 +121,7 @@ def test_publish_swaps_in_a_copy_and_keeps_nothing_it_made(paths):
     assert version(public) == 1 and public.stat().st_ino != built.stat().st_ino
     record = json.loads(manifest_of(built).read_text())
     assert record["inode"] == public.stat().st_ino and record["size"] == public.stat().st_size
+    os.utime(public)  # Snakemake touches a job's output after the job
     database(built.with_name("next.duckdb"), 2).replace(built)
     assert publish(built, public) is None  # the copy it made, untouched: replaced
     assert version(public) == 2 and not kept_dir_of(built).exists()
@@ -239,3 +241,25 @@ def test_the_built_database_drops_a_stale_log_of_the_file_it_replaces(tmp_path):
     build_database(out, shifts_file=shifts, data_files=[], predictions=read_predictions([]))
     assert not wal_of(out).exists()
     check_readable(out)
+
+
+def test_the_readmes_attach_example(tmp_path, monkeypatch):
+    """Your own tables in your own database, the results attached read-only (README, Results)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (example,) = [b for b in blocks if "ATTACH" in b]
+    monkeypatch.chdir(tmp_path)
+    built, public = Path("results/database/results.duckdb"), Path("results/results.duckdb")
+    con = duckdb.connect(str(database(built, 1)))
+    con.execute(
+        "CREATE VIEW genies_table AS SELECT 'm' AS model, 'mms' AS intervention,"
+        " 0.25::DOUBLE AS avg_differential_elicitation"
+    )
+
+    con.close()
+    publish(built, public)
+    exec(compile(example, "README.md", "exec"), {})
+    assert publish(built, public) is None  # nothing of yours was in it: replaced, nothing kept
+    mine = duckdb.connect("my_analysis.duckdb", read_only=True)
+    assert mine.execute("SELECT * FROM best").fetchall() == [("m", "mms", 0.25)]
+    mine.close()

@@ -12,7 +12,8 @@ new database is complete:
 - Snakemake never deletes it (the rule flags it `update`): not while the next one is built, not
   after a failed build;
 - the old file is kept in `results/database/previous/` when it is not exactly the copy the
-  workflow put there (its inode, size and mtime are recorded in `results/database/published.json`):
+  workflow put there (its inode, size and SHA-256 are recorded in
+  `results/database/published.json`; not its mtime, which Snakemake touches after the job):
   someone opened it read-write and wrote to it (a table of their own), a process that had it
   open read-write died and left its write-ahead log (`results.duckdb.wal`, which moves along, so
   that DuckDB replays it when the kept copy is opened), or the file is damaged. The warning names
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -150,16 +152,7 @@ def publish(built, public) -> Path | None:
     with atomic_path(public) as tmp:
         shutil.copyfile(built, tmp)
         kept = _keep_previous(public, built)
-    stat = public.stat()
-    write_json(
-        {
-            "path": str(public),
-            "inode": stat.st_ino,
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-        },
-        manifest_of(built),
-    )
+    write_json({"path": str(public), **_identity(public)}, manifest_of(built))
     log.info("published %s as %s", built, public)
     return kept
 
@@ -176,10 +169,20 @@ def _changed(public: Path, built: Path) -> str | None:
     except (OSError, ValueError):
         return "the workflow has no record of publishing it"
     stat = public.stat()
-    now = {"inode": stat.st_ino, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    if any(record.get(k) != v for k, v in now.items()):
-        return "it was written to since it was published (opened read-write?) or is damaged"
-    return None
+    if (record.get("inode"), record.get("size")) == (stat.st_ino, stat.st_size):
+        if record.get("sha256") == _identity(public)["sha256"]:
+            return None
+    return "it was written to since it was published (opened read-write?) or is damaged"
+
+
+def _identity(path: Path) -> dict:
+    """What tells the published copy from anything written to it later."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    stat = path.stat()
+    return {"inode": stat.st_ino, "size": stat.st_size, "sha256": digest.hexdigest()}
 
 
 def _keep_previous(public: Path, built: Path) -> Path | None:
@@ -206,8 +209,8 @@ def _keep_previous(public: Path, built: Path) -> Path | None:
         os.replace(wal, wal_of(kept))
     log.warning(
         "kept the previous %s as %s: %s. The new results replace it; open the kept file to "
-        "recover what you added, and keep your own tables in your own database (README, "
-        "Results).",
+        "recover anything of yours (delete it otherwise), and keep your own tables in a "
+        "database of your own (README, Results).",
         public,
         kept,
         reason,
