@@ -141,14 +141,19 @@ def check_pairs(
             "correct",
             "skipped",
         ]
-    ).append_column("file", pa.array(np.repeat(np.arange(len(files)), counts), pa.int32()))
+    )
+    rows = rows.append_column(
+        "file", pa.array(np.repeat(np.arange(len(files)), counts), pa.int32())
+    )
+    rows = rows.append_column("row", pa.array(np.arange(rows.num_rows), pa.int64()))
     keys = [(i, *g) for i, f in enumerate(files) for g in f.groups]
     groups = pa.table(
         {
             name: pa.array([k[j] for k in keys], pa.int32() if j == 0 else pa.string())
             for j, name in enumerate(("file", "model", "intervention", "train", "eval"))
         }
-    )
+    ).append_column("gid", pa.array(np.arange(len(keys)), pa.int32()))
+    pairs = pairs.append_column("pid", pa.array(np.arange(pairs.num_rows), pa.int64()))
     found: dict[int, list[str]] = {}
     con = duckdb.connect()
     try:
@@ -172,59 +177,77 @@ def _listing(shown: list[str], n: int) -> str:
     return "(" + ", ".join(shown) + (", ..." if n > len(shown) else "") + ")"
 
 
-_KEY = "file, model, intervention, train, eval, example_id, pair_index"
 _PAIR = "example_id || ' pair ' || pair_index"
-_SETUP = f"""
-    CREATE TEMP TABLE expected AS
-        SELECT g.file, g.model, g.intervention, g.train, g.eval, p.example_id, p.pair_index,
-               p.preferred_response, p.dispreferred_response
-        FROM groups_ g JOIN pairs_ p USING (eval);
+# Every row gets the number of the group it belongs to (gid) and of the split's pair it is
+# (pid), NULL where there is none; the checks then compare numbers, not strings.
+_SETUP = """
+    CREATE TEMP TABLE r AS
+        SELECT r.row, r.file, g.gid, p.pid, r.example_id, r.pair_index,
+               r.preferred_response IS DISTINCT FROM p.preferred_response
+                   OR r.dispreferred_response IS DISTINCT FROM p.dispreferred_response
+                   AS other_responses
+        FROM rows_ r
+        LEFT JOIN groups_ g USING (file, model, intervention, train, eval)
+        LEFT JOIN pairs_ p
+            ON p.eval = r.eval AND p.example_id = r.example_id AND p.pair_index = r.pair_index;
     CREATE TEMP TABLE seen AS
-        SELECT {_KEY}, count(*) AS n FROM rows_ GROUP BY ALL;
-    CREATE TEMP TABLE totals AS SELECT file, count(*) AS total FROM expected GROUP BY file;
+        SELECT gid, pid, count(*) AS n FROM r WHERE gid IS NOT NULL AND pid IS NOT NULL
+        GROUP BY ALL;
+    CREATE TEMP TABLE wanted AS
+        SELECT g.file, g.gid, g.eval, p.pairs
+        FROM groups_ g JOIN (SELECT eval, count(*) AS pairs FROM pairs_ GROUP BY eval) p
+        USING (eval);
+    CREATE TEMP TABLE totals AS SELECT file, sum(pairs) AS total FROM wanted GROUP BY file;
 """
 # Each check: (file, count, expected pairs of the file, a few examples).
 _CHECKS = (
     (
-        f"""SELECT file, count(*), any_value(total), list({_PAIR} ORDER BY {_KEY})[1:{SHOWN}]
-            FROM expected ANTI JOIN seen USING ({_KEY}) JOIN totals USING (file)
+        # Every (gid, pid) of `seen` is a pair of its group's split: a group with fewer misses
+        # pairs, and only those groups are searched for them.
+        f"""WITH short AS (
+                SELECT file, gid, eval FROM wanted
+                WHERE pairs > (SELECT count(*) FROM seen s WHERE s.gid = wanted.gid)
+            ), missing AS (
+                SELECT file, gid, pid FROM short JOIN pairs_ USING (eval)
+                ANTI JOIN seen USING (gid, pid)
+            )
+            SELECT file, count(*), any_value(total), list({_PAIR} ORDER BY gid, pid)[1:{SHOWN}]
+            FROM missing JOIN pairs_ USING (pid) JOIN totals USING (file)
             GROUP BY file""",
         lambda n, total, shown: f"{n} of {total} pairs missing {shown}",
     ),
     (
-        f"""SELECT file, count(*), sum(n) - count(*), list({_PAIR} ORDER BY {_KEY})[1:{SHOWN}]
-            FROM seen WHERE n > 1 GROUP BY file""",
+        f"""SELECT file, count(*), sum(n) - count(*), list({_PAIR} ORDER BY gid, pid)[1:{SHOWN}]
+            FROM seen JOIN groups_ USING (gid) JOIN pairs_ USING (pid)
+            WHERE n > 1 GROUP BY file""",
         lambda n, extra, shown: (
             f"{_count(n, 'pair')} more than once ({_count(extra, 'extra row')}) {shown}"
         ),
     ),
     (
-        f"""SELECT file, sum(n), NULL,
+        f"""SELECT file, count(*), NULL,
                    list(DISTINCT format('({{}}, {{}}, {{}}, {{}})', model, intervention, train,
                                         eval))[1:{SHOWN}]
-            FROM seen ANTI JOIN groups_ USING (file, model, intervention, train, eval)
+            FROM rows_ SEMI JOIN (SELECT row FROM r WHERE gid IS NULL) USING (row)
             GROUP BY file""",
         lambda n, _, shown: (
             f"{_count(n, 'row')} of (model, intervention, train, eval) groups it is not for {shown}"
         ),
     ),
     (
-        f"""SELECT file, sum(n), NULL,
+        f"""SELECT file, count(*), NULL,
                    list(coalesce(example_id, 'NULL') || ' pair ' || coalesce(pair_index::VARCHAR,
-                        'NULL') ORDER BY {_KEY})[1:{SHOWN}]
-            FROM seen SEMI JOIN groups_ USING (file, model, intervention, train, eval)
-            ANTI JOIN expected USING ({_KEY})
+                        'NULL') ORDER BY row)[1:{SHOWN}]
+            FROM r WHERE gid IS NOT NULL AND pid IS NULL
             GROUP BY file""",
         lambda n, _, shown: (
             f"{_count(n, 'row')} of pairs that its test split does not have {shown}"
         ),
     ),
     (
-        f"""SELECT r.file, count(*), NULL, list({_PAIR} ORDER BY example_id, pair_index)[1:{SHOWN}]
-            FROM rows_ r JOIN expected e USING ({_KEY})
-            WHERE r.preferred_response IS DISTINCT FROM e.preferred_response
-               OR r.dispreferred_response IS DISTINCT FROM e.dispreferred_response
-            GROUP BY r.file""",
+        f"""SELECT file, count(*), NULL, list({_PAIR} ORDER BY row)[1:{SHOWN}]
+            FROM r WHERE gid IS NOT NULL AND pid IS NOT NULL AND other_responses
+            GROUP BY file""",
         lambda n, _, shown: (
             f"{_count(n, 'pair')} whose response indices differ from the split's "
             f"(predicted from other data?) {shown}"
@@ -233,7 +256,7 @@ _CHECKS = (
     (
         f"""SELECT file, count(*), NULL,
                    list({_PAIR} || ': ' || coalesce(prob_preferred::VARCHAR, 'NULL')
-                        ORDER BY {_KEY})[1:{SHOWN}]
+                        ORDER BY row)[1:{SHOWN}]
             FROM rows_
             WHERE NOT coalesce(skipped, false) AND (
                 prob_preferred IS NULL OR isnan(prob_preferred) OR isinf(prob_preferred)
@@ -244,7 +267,7 @@ _CHECKS = (
         ),
     ),
     (
-        f"""SELECT file, count(*), NULL, list({_PAIR} ORDER BY {_KEY})[1:{SHOWN}]
+        f"""SELECT file, count(*), NULL, list({_PAIR} ORDER BY row)[1:{SHOWN}]
             FROM rows_
             WHERE coalesce(skipped, false)
               AND (coalesce(correct, true) OR NOT coalesce(isnan(prob_preferred), true))
