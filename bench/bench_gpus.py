@@ -115,6 +115,12 @@ def table(plan: Plan, splits: Splits) -> list[str]:
 def tokenizer_and_model(model_dir: str):
     from transformers import AutoTokenizer
 
+    if not (Path(model_dir) / "tokenizer.json").is_file():
+        raise SystemExit(
+            f"no prepared SmolLM2 tokenizer in {model_dir}: prepare the default model first "
+            "(.venv/bin/snakemake --cores 1 resources/models/smollm2-135m), pass --model-dir, or "
+            "use --no-estimate"
+        )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.model_max_length = CONTEXT
     model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=CONTEXT))
