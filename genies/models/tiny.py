@@ -12,6 +12,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from genies.models.sources import TINY_DEFAULTS
+
 PAD_TOKEN = "<pad>"
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
@@ -26,16 +28,6 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
 
-TINY_DEFAULTS = {
-    "seed": 0,
-    "hidden_size": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "num_kv_heads": None,  # None: same as num_heads
-    "intermediate_size": 128,
-    "vocab_size": 512,
-    "max_position_embeddings": 2048,
-}
 
 # A small fixed corpus (English prose, dialogue in the GENIES prompt style, code). Changing it
 # changes the tokenizer and therefore every tiny-model result: treat it as frozen.

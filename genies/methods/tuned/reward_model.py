@@ -60,7 +60,7 @@ from genies.progress import ProgressLog
 log = logging.getLogger(__name__)
 
 METHODS = tuple(registry.of_family("tuned"))
-PROMPT_INITS = ("vocab", "random")
+PROMPT_INITS = registry.TRAINING_PARAMS["prompt_init"].choices
 WEIGHTS_FILE = "reward_model.safetensors"
 INFO_FILE = "reward_model.json"
 

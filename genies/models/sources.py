@@ -1,0 +1,117 @@
+"""The model registry's entries (`models:` in the config): which keys each source takes, and the
+checks of a local model directory that need no torch.
+
+`SOURCE_KEYS` is the one table of sources: the config check (before any job,
+`genies.pipeline.config`) rejects a key its entry's source does not take, and model preparation
+(`genies.models.prepare`) accepts exactly these sources; the config schema gives each key's type.
+Adding a source is one row here, its keys in the schema and its preparation in
+`genies.models.prepare`.
+
+A `local` entry's directory is checked where the workflow is started when it is visible there
+(`local_dir_problem`: a directory with config.json, safetensors weights and tokenizer files).
+A relative path is relative to the working directory, which every job shares: missing there, it
+is an error. An absolute path that does not exist there may exist only on the cluster's nodes:
+a warning says that the `prepare_model` job checks it where it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import MappingProxyType
+
+from genies.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: The tiny test model's parameters and their defaults (`genies.models.tiny`).
+TINY_DEFAULTS = MappingProxyType(
+    {
+        "seed": 0,
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "num_kv_heads": None,  # None: same as num_heads
+        "intermediate_size": 128,
+        "vocab_size": 512,
+        "max_position_embeddings": 2048,
+    }
+)
+#: Keys of every entry, whatever its source.
+COMMON_KEYS = ("source", "chat_template", "params_b", "gpus", "gpu_model")
+#: Source -> the keys of its own.
+SOURCE_KEYS = MappingProxyType(
+    {
+        "smollm2": ("gguf_file",),
+        "local": ("path", "link"),
+        "tiny": tuple(TINY_DEFAULTS),
+    }
+)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_entry(name: str, spec: dict, used: bool = True) -> None:
+    """Check registry entry `name`: its keys against its source's, and, when the run `used` it,
+    a local model's directory (module docstring). Raises ConfigError naming the entry."""
+    where = f"models/{name}"
+    source = spec.get("source")
+    if source not in SOURCE_KEYS:
+        raise ConfigError(f"{where}/source: {source!r}; allowed sources: {', '.join(SOURCE_KEYS)}")
+    allowed = (*COMMON_KEYS, *SOURCE_KEYS[source])
+    for key in spec:
+        if key not in allowed:
+            owners = [s for s, keys in SOURCE_KEYS.items() if key in keys]
+            note = f" ({key} is a key of source {' and '.join(owners)})" if owners else ""
+            raise ConfigError(
+                f"{where}: unknown key {key!r} for source {source}{note}; a {source} entry takes "
+                f"{', '.join(allowed)}"
+            )
+    if source == "local" and used:
+        _check_local_path(where, spec["path"])
+
+
+def _check_local_path(where: str, value: str) -> None:
+    path = Path(value).expanduser()
+    if not path.exists() and path.is_absolute():
+        log.warning(
+            "%s/path: %s does not exist on this host; the prepare_model job checks it where it "
+            "runs (a cluster node may see it). If this run is local, fix the path now: the job "
+            "will fail.",
+            where,
+            path,
+        )
+        return
+    problem = local_dir_problem(path)
+    if problem:
+        raise ConfigError(f"{where}/path: {problem}")
+
+
+def local_dir_problem(path) -> str | None:
+    """What keeps `path` from being a local model directory, or None: it must be a directory
+    with config.json, safetensors weights (pickles are refused: unpickling can run code) and
+    tokenizer files."""
+    src = Path(path).expanduser().resolve()
+    if not src.is_dir():
+        relative = "" if Path(path).is_absolute() else f" (from the working directory {Path.cwd()})"
+        return f"local model path {src} is not a directory{relative}"
+    files = sorted(p.name for p in src.iterdir())
+    if "config.json" not in files:
+        return f"local model directory {src} has no config.json; files found: {files}"
+    if not any(name.endswith(".safetensors") for name in files):
+        pickles = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
+        hint = (
+            f" It only has pickle checkpoints ({', '.join(pickles)}), which are refused because "
+            "unpickling can execute code; convert them to safetensors first."
+            if pickles
+            else ""
+        )
+        return (
+            f"local model directory {src} has no *.safetensors weights; files found: {files}.{hint}"
+        )
+    if not any(name in files for name in TOKENIZER_FILES):
+        return (
+            f"local model directory {src} has no tokenizer files (one of "
+            f"{', '.join(TOKENIZER_FILES)}); files found: {files}"
+        )
+    return None
