@@ -123,12 +123,18 @@ def read_parquet(path, columns=None, filters=None, rule: str | None = None) -> p
         raise _unreadable(path, exc, rule) from None
 
 
+def read_parquet_schema(path, rule: str | None = None) -> pa.Schema:
+    """The schema of a Parquet file the workflow wrote (its footer only), with `read_parquet`'s
+    errors."""
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc, rule) from None
+
+
 def read_provenance(path) -> dict:
     """Return the provenance dict stored by `write_parquet`, or {} if there is none."""
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except (pa.ArrowException, OSError) as exc:
-        raise _unreadable(path, exc, None) from None
+    meta = read_parquet_schema(path).metadata or {}
     raw = meta.get(PROVENANCE_KEY)
     return json.loads(raw) if raw else {}
 

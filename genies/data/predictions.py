@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from genies.io import read_parquet
+
 PREDICTION_SCHEMA = pa.schema(
     [
         ("model", pa.string()),
@@ -108,10 +110,15 @@ def predictions_table(
 def read_predictions(files) -> pa.Table:
     if not files:
         return PREDICTION_SCHEMA.empty_table()
-    dataset = pads.dataset([str(f) for f in files], format="parquet", schema=PREDICTION_SCHEMA)
-    # One chunk per file otherwise: DuckDB ingests (and the cells encode) one contiguous chunk
-    # about twice as fast as thousands of small ones.
-    table = dataset.to_table().combine_chunks()
+    try:
+        dataset = pads.dataset([str(f) for f in files], format="parquet", schema=PREDICTION_SCHEMA)
+        # One chunk per file otherwise: DuckDB ingests (and the cells encode) one contiguous
+        # chunk about twice as fast as thousands of small ones.
+        table = dataset.to_table().combine_chunks()
+    except (pa.ArrowException, OSError):
+        for f in files:  # name the file that cannot be read, and how to rebuild it
+            read_parquet(f)
+        raise
     for name, default in CONTEXT_DEFAULTS.items():  # files from before the context columns
         column = table.column(name)
         if column.null_count:

@@ -41,11 +41,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from genies.results import metrics
 from genies.errors import GeniesError
-from genies.io import write_json
+from genies.io import read_parquet, write_json
 from genies.pipeline.plan import BASELINE, NO_TRAIN, UNTRAINED, cell_inputs, prediction_path
 from genies.data.predictions import read_predictions
 from genies.data.shifts import Shift
@@ -463,7 +462,7 @@ def write_cell(
 
     Raises IncompleteCellError naming the jobs to run when an input is missing.
     """
-    shifts = pq.read_table(shifts_file)
+    shifts = read_parquet(shifts_file, rule="shift_registry")
     wanted = shifts.filter(pc.equal(shifts.column("shift_id"), shift_id))
     if not wanted.num_rows:
         raise GeniesError(f"shift {shift_id!r} is not in {shifts_file}")

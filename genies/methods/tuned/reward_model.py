@@ -30,7 +30,6 @@ safetensors keyed by parameter name (`trainable_tensors` / `load_trainable`).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -43,8 +42,9 @@ import torch.nn.functional as F
 from genies.data.materialise import read_examples
 from genies.data.predictions import expand_pairs, pair_rows
 from genies.errors import GeniesError
-from genies.io import RunRecord, write_parquet
+from genies.io import RunRecord, read_json, write_parquet
 from genies.models.context import DEFAULT_POLICY, cut_to_length, fit_examples, max_positions
+from genies.models.layout import read_safetensors_header
 from genies.models.loading import load_model, model_layout
 from genies.models.memory import (
     Budget,
@@ -352,12 +352,14 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> 
 def load_reward_model(adapter_dir, model_dir, device="auto", **placement):
     """A trained reward model from `adapter_dir` (written by `train_reward_model`).
 
-    Returns (model, loaded, info) with `info` the adapter's JSON record.
+    Returns (model, loaded, info) with `info` the adapter's JSON record. A truncated or corrupt
+    file raises an error naming it.
     """
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
-    info = json.loads((adapter_dir / INFO_FILE).read_text())
+    info = read_json(adapter_dir / INFO_FILE)
+    read_safetensors_header(adapter_dir / WEIGHTS_FILE)
     # The seed only draws initial weights, which the saved tensors replace.
     model, loaded = build_reward_model(
         model_dir, info["params"], seed=0, device=device, **placement
