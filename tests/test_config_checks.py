@@ -130,6 +130,13 @@ def test_a_number_written_as_yaml_reads_it_as_a_string(tmp_path):
         "AdamW learning rate); YAML reads 1e-3 as a string: write 1.0e-3",
         interventions={"ccs": {"lr": "1e-3"}},
     )
+    rejects(
+        tmp_path,
+        "interventions/mms/n_units: '-3' is not allowed; n_units takes an integer >= 1 (default "
+        "16: units (heads or layers) kept, the best by validation accuracy; at most all); it is "
+        "a string: write the number without quotes",
+        interventions={"mms": {"n_units": "-3"}},
+    )
 
 
 def test_an_upper_bound(tmp_path):

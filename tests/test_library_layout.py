@@ -25,6 +25,7 @@ TORCH_FREE = (
     "genies.progress",
     "genies.data.*",
     "genies.models.layout",
+    "genies.models.sources",
     "genies.models.tokens",
     "genies.models.context",
     "genies.pipeline.*",

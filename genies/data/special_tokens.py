@@ -63,6 +63,13 @@ SPECIAL_TOKEN_STRINGS = (
     "<|assistant|>",
     "<|system|>",
     "<|end|>",
+    # BERT, DeBERTa, RoBERTa: sequence-classification reward models of your own
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "[PAD]",
+    "[UNK]",
+    "<mask>",
 )
 _PATTERN = re.compile(
     "|".join(map(re.escape, sorted(SPECIAL_TOKEN_STRINGS, key=len, reverse=True)))

@@ -447,13 +447,16 @@ def resolved_params(name: str, given: Mapping | None = None, entry: Intervention
 
 
 def _yaml_hint(value) -> str:
-    if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return ""
+    """Why a number may have arrived as a string."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    if re.fullmatch(r"[+-]?[0-9]+[eE][+-]?[0-9]+", value.strip()):
         return "; YAML reads 1e-3 as a string: write 1.0e-3"
-    return ""
+    return "; it is a string: write the number without quotes"
 
 
 def configured(config: dict) -> dict[str, Intervention]:
