@@ -40,9 +40,9 @@ import numpy as np
 import pyarrow as pa
 
 from genies.data.materialise import read_examples
-from genies.data.predictions import expand_pairs, pair_rows
+from genies.data.predictions import expand_pairs, pair_rows, prediction_run
 from genies.forward.zero_shot import FORWARD_SCHEMA, read_scores, response_matrix
-from genies.io import RunRecord, read_parquet, write_parquet
+from genies.io import read_parquet, write_parquet
 
 #: A sequence classifier's reward of every test response (`genies.methods.reward_classifier`).
 REWARD_SCORES_SCHEMA = pa.schema(
@@ -80,8 +80,7 @@ def write_reward_model_predictions(
     """Predictions of a sequence classifier from its scores
     (`genies.methods.reward_classifier.write_reward_scores`)."""
     labels = {"model": model, "intervention": intervention, "train": "none", "eval": eval_dataset}
-    run = RunRecord("predict", model=model, intervention=intervention, train="none",
-                    eval=eval_dataset)  # fmt: skip
+    run = prediction_run(model, intervention, "none", eval_dataset, scores_file)
     scores = read_parquet(scores_file, rule="score_reward_model")
     data = read_examples(data_file)
     what = f"reward scores of {eval_dataset} ({scores_file})"
@@ -124,8 +123,7 @@ def write_dpo_predictions(
     """Predictions of a DPO policy's implicit reward from the test split's `plain` forward
     scores of the policy and of its reference (module docstring)."""
     labels = {"model": model, "intervention": intervention, "train": "none", "eval": eval_dataset}
-    run = RunRecord("predict", model=model, intervention=intervention, train="none",
-                    eval=eval_dataset)  # fmt: skip
+    run = prediction_run(model, intervention, "none", eval_dataset, policy_file, reference_file)
     policy, reference = (
         read_scores(path, split="test", stimulus="plain").select(FORWARD_SCHEMA.names)
         for path in (policy_file, reference_file)

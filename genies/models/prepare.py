@@ -9,6 +9,11 @@ describing it. Sources:
 - ``{"source": "local", "path": DIR}``: an existing HF directory (LLaMA, Pythia, ...) with
   safetensors weights, re-saved; with ``"link": true`` it is validated and only referenced
   (`genies_model_link.json`), not copied.
+- ``{"source": "hf", "repo": ID, "revision": REV}``: a model of the Hugging Face Hub at a branch,
+  tag or commit (default "main"), resolved to its commit once, here, and downloaded into the
+  user's Hugging Face cache (`genies.models.hub`); its files are hard-linked (copied across
+  file systems) into the directory, or with ``"link": true`` the cache's snapshot folder is
+  referenced. The commit is recorded in `genies_model.json` (`model_provenance`).
 - ``{"source": "tiny", ...}``: a tiny random Llama with an offline tokenizer, for tests
   (see `genies.models.tiny`).
 
@@ -27,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from genies.io import atomic_dir
+from genies.io import atomic_dir, link_or_copy
 from genies.models.layout import model_layout, parameter_count, safetensors_shapes
 from genies.models.loading import (
     LINK_FILE,
@@ -38,7 +43,8 @@ from genies.models.loading import (
     check_fast,
     ensure_pad_token,
     is_sequence_classifier,
-    resolve_model_dir,
+    sentencepiece_only,
+    tokenizer_dir,
 )
 from genies.models.sources import PICKLE_SUFFIXES, SOURCE_KEYS, local_dir_problem
 
@@ -60,6 +66,8 @@ def prepare_model(spec: dict, out_dir) -> None:
             info = _prepare_tiny(spec, tmp)
         elif source == "smollm2":
             info = _prepare_smollm2(spec, tmp)
+        elif source == "hf":
+            info = _prepare_hf(spec, tmp)
         else:
             info = _prepare_local(spec, tmp)
         if spec.get("chat_template"):  # checked now, not in the first job that reads it
@@ -67,10 +75,8 @@ def prepare_model(spec: dict, out_dir) -> None:
 
             from genies.data.chat import require_template
 
-            tokenizer = AutoTokenizer.from_pretrained(
-                resolve_model_dir(tmp), trust_remote_code=False
-            )
-            require_template(tokenizer, spec.get("path", f"source {source}"))
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(tmp), trust_remote_code=False)
+            require_template(tokenizer, spec.get("path") or spec.get("repo") or f"source {source}")
         record = {"spec": _jsonable(spec), "description": info}
         (tmp / MODEL_INFO_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
@@ -132,10 +138,10 @@ def _prepare_smollm2(spec: dict, out: Path) -> dict:
 def _prepare_local(spec: dict, out: Path) -> dict:
     src = _check_local_dir(spec)
     if spec.get("link", False):
-        return _link_local(src, out)
-    from transformers import AutoConfig, AutoTokenizer
+        return _link(src, out, "local", {"path": str(src)})
+    from transformers import AutoConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    tokenizer = _source_tokenizer(src, out)
     config = AutoConfig.from_pretrained(src, trust_remote_code=False)
     model = auto_class(TASKS[1] if is_sequence_classifier(config) else TASKS[0]).from_pretrained(
         src, dtype="auto", trust_remote_code=False, use_safetensors=True
@@ -152,16 +158,50 @@ def _check_local_dir(spec: dict) -> Path:
     return Path(spec["path"]).expanduser().resolve()
 
 
-def _link_local(src: Path, out: Path) -> dict:
-    """Validate `src` without loading its weights and write a link to it into `out`."""
-    from transformers import AutoConfig, AutoTokenizer
+def _link(src: Path, out: Path, source: str, extra: dict) -> dict:
+    """Validate `src` without loading its weights and write a link to it into `out` (and the
+    converted tokenizer of a sentencepiece-only `src`, which jobs then load from `out`)."""
+    (out / LINK_FILE).write_text(json.dumps({"path": str(src)}, indent=2) + "\n")
+    return _describe_dir(src, out, source, extra={**extra, "link": True})
+
+
+def _prepare_hf(spec: dict, out: Path) -> dict:
+    """A Hub model: its files hard-linked from the cache into `out`, or the cache referenced."""
+    from genies.models.hub import download
+
+    repo = spec.get("repo")
+    if not isinstance(repo, str) or not repo:
+        raise ModelError("model source 'hf' needs 'repo': a Hugging Face Hub model id")
+    snapshot = download(repo, str(spec.get("revision", "main")))
+    extra = {**snapshot.provenance(), "files": list(snapshot.files)}
+    if spec.get("link", False):
+        return _link(snapshot.folder, out, "hf", extra)
+    for name in snapshot.files:  # the cache's entries are links to its blobs: link the blobs
+        link_or_copy((snapshot.folder / name).resolve(), out / name)
+    return _describe_dir(out, out, "hf", extra)
+
+
+def _source_tokenizer(src: Path, out: Path):
+    """The tokenizer of model folder `src`; a sentencepiece-only one is converted into `out`
+    (`genies.models.sentencepiece_tokenizer`)."""
+    if sentencepiece_only(src):
+        from genies.models.sentencepiece_tokenizer import convert_sentencepiece
+
+        return convert_sentencepiece(src, out)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+
+
+def _describe_dir(src: Path, out: Path, source: str, extra: dict) -> dict:
+    """Check that `src` loads (config, fast tokenizer) without reading its weights."""
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(src, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    tokenizer = _source_tokenizer(src, out)
     check_fast(tokenizer, src)
     n_params = parameter_count(safetensors_shapes(src))
-    (out / LINK_FILE).write_text(json.dumps({"path": str(src)}, indent=2) + "\n")
-    return _describe(config, n_params, "local", extra={"path": str(src), "link": True})
+    return _describe(config, n_params, source, extra)
 
 
 def _save(model, tokenizer, out: Path, source: str, extra: dict | None = None) -> dict:

@@ -44,6 +44,7 @@ SOURCE_KEYS = MappingProxyType(
     {
         "smollm2": ("gguf_file",),
         "local": ("path", "link"),
+        "hf": ("repo", "revision", "link"),
         "tiny": tuple(TINY_DEFAULTS),
     }
 )
@@ -89,29 +90,37 @@ def _check_local_path(where: str, value: str) -> None:
 
 def local_dir_problem(path) -> str | None:
     """What keeps `path` from being a local model directory, or None: it must be a directory
-    with config.json, safetensors weights (pickles are refused: unpickling can run code) and
-    tokenizer files."""
+    whose files pass `model_files_problem`."""
     src = Path(path).expanduser().resolve()
     if not src.is_dir():
         relative = "" if Path(path).is_absolute() else f" (from the working directory {Path.cwd()})"
         return f"local model path {src} is not a directory{relative}"
-    files = sorted(p.name for p in src.iterdir())
+    return model_files_problem(
+        [p.name for p in src.iterdir()],
+        f"local model directory {src}",
+        "convert them to safetensors first",
+    )
+
+
+def model_files_problem(files, where: str, pickle_advice: str) -> str | None:
+    """What keeps a model's file list (top-level names) from being usable, or None: it needs
+    config.json, safetensors weights (pickles are refused: unpickling can run code) and
+    tokenizer files; `pickle_advice` says what to do when it has only pickle checkpoints."""
+    files = sorted(files)
     if "config.json" not in files:
-        return f"local model directory {src} has no config.json; files found: {files}"
+        return f"{where} has no config.json; files found: {files}"
     if not any(name.endswith(".safetensors") for name in files):
         pickles = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
         hint = (
             f" It only has pickle checkpoints ({', '.join(pickles)}), which are refused because "
-            "unpickling can execute code; convert them to safetensors first."
+            f"unpickling can execute code; {pickle_advice}."
             if pickles
             else ""
         )
-        return (
-            f"local model directory {src} has no *.safetensors weights; files found: {files}.{hint}"
-        )
+        return f"{where} has no *.safetensors weights; files found: {files}." + hint
     if not any(name in files for name in TOKENIZER_FILES):
         return (
-            f"local model directory {src} has no tokenizer files (one of "
-            f"{', '.join(TOKENIZER_FILES)}); files found: {files}"
+            f"{where} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); files "
+            f"found: {files}"
         )
     return None

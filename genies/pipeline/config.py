@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from genies.data import distributions
 from genies.errors import ConfigError
 from genies.models import sources
 from genies.pipeline import interventions
@@ -61,6 +62,8 @@ def check_semantics(config: dict) -> None:
     used = {*config["run_models"], *(m for row in rows.values() for m in row.reads)}
     for name, spec in config["models"].items():
         sources.check_entry(name, spec, used=name in used)
+    for name, spec in config["distributions"].items():
+        distributions.check_entry(name, spec)
 
 
 def _check_interventions(config: dict) -> dict:

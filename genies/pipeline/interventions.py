@@ -241,6 +241,10 @@ TRAINING_PARAMS = {
         "auto", ("string",), pattern=r"auto|cpu|cuda(:[0-9]+)?",
         doc="unset in the config: the scoring device",
     ),
+    "deterministic": Param(
+        True, ("boolean",),
+        doc="CUDA: deterministic kernels and math attention (genies.methods.tuned.training)",
+    ),
     "log_every_s": Param(10.0, ("number",), above=0, doc="seconds between progress lines"),
 }  # fmt: skip
 #: Few-shot prompting's parameters (genies.forward.baselines).
@@ -500,7 +504,8 @@ def _own_row(name: str, params: dict, config: dict) -> Intervention:
             raise ConfigError(
                 f"intervention {name!r} reads model {model!r}, which is not in the model "
                 f"registry (`models:`, known: {', '.join(models)}); add an entry for it (a "
-                "local Hugging Face directory: `source: local`, `path: ...`)"
+                "Hub model: `source: hf`, `repo: ...`; a local Hugging Face directory: "
+                "`source: local`, `path: ...`)"
             )
     if kind == "reward_model" and reads[0] in run_models:
         raise ConfigError(

@@ -1,10 +1,10 @@
 """A static per-example viewer of one model's results: results/viewer/<model>/.
 
-`index.html` is the whole page (its CSS and JavaScript inline, from `genies/results/viewer_assets/`);
-`data/<NNN>_<shift>.js` holds one shift each, loaded by a script element when the shift is chosen
-(browsers block fetch() of local files, so the data are scripts that set a global). Nothing is
-read from a server or the network: the folder works opened from disk, and inside the Snakemake
-report (`snakemake --report report.zip`).
+`index.html` is the whole page (its CSS and JavaScript inline, from
+`genies/results/viewer_assets/`); `data/<NNN>_<shift>.js` holds one shift each, loaded by a script
+element when the shift is chosen (browsers block fetch() of local files, so the data are scripts
+that set a global). Nothing is read from a server or the network: the folder works opened from disk,
+and inside the Snakemake report (`snakemake --report report.zip`).
 
 For each shift of the model's cells, the page lists the *evaluated examples*: the target's test
 examples that the model scored in one of the shift's generalisation groups (the predictions with
@@ -34,11 +34,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from genies.data.materialise import EXAMPLE_SCHEMA
-from genies.errors import GeniesError
-from genies.pipeline.interventions import BASELINE
-from genies.io import atomic_dir, read_parquet
-from genies.pipeline.plan import NO_TRAIN
 from genies.data.predictions import expand_pairs
+from genies.errors import GeniesError
+from genies.io import atomic_dir, read_parquet
+from genies.pipeline.interventions import BASELINE
+from genies.pipeline.plan import NO_TRAIN
 from genies.results.report import intervention_order
 
 log = logging.getLogger(__name__)
@@ -132,9 +132,7 @@ class ExampleStore:
                     f"no data file for {dataset}/{split} among the viewer's inputs "
                     f"(expected results/data/{dataset}/{split}.parquet)"
                 )
-            self.tables[key] = read_parquet(
-                self.paths[key], _EXAMPLE_COLUMNS, rule="materialise"
-            )
+            self.tables[key] = read_parquet(self.paths[key], _EXAMPLE_COLUMNS, rule="materialise")
         return self.tables[key]
 
 
