@@ -13,7 +13,7 @@ import pytest
 from genies.errors import ConfigError
 from genies.methods import probes
 from genies.methods.tuned import training
-from genies.models import sources
+from genies.models import sources, tiny
 from genies.pipeline import interventions as registry
 from genies.pipeline.config import load_schema, validate_config
 
@@ -198,6 +198,36 @@ def test_a_key_of_another_source(tmp_path):
         "models/tiny: unknown key 'path' for source tiny (path is a key of source local)",
         models={"tiny": {"source": "tiny", "path": "/models/x"}},
     )
+
+
+def test_a_hub_entry_takes_repo_revision_and_link_only(tmp_path):
+    rejects(
+        tmp_path,
+        "models/llama: unknown key 'path' for source hf (path is a key of source local); a hf "
+        "entry takes source, chat_template, params_b, gpus, gpu_model, repo, revision, link",
+        models={"llama": {"source": "hf", "repo": "o/llama", "path": "/models/x"}},
+    )
+    rejects(
+        tmp_path,
+        "models/smol: unknown key 'revision' for source smollm2 (revision is a key of source hf)",
+        models={"smol": {"source": "smollm2", "revision": "main"}},
+    )
+
+
+def test_tiny_dimensions_that_do_not_divide(tmp_path):
+    # accepted before, the prepare_model job then failed building the model
+    rejects(
+        tmp_path,
+        "models/tiny: tiny model: hidden_size 64 is not divisible by num_heads 5",
+        models={"tiny": {"source": "tiny", "hidden_size": 64, "num_heads": 5}},
+    )
+    rejects(
+        tmp_path,
+        f"models/tiny: tiny model: vocab_size must be >= {tiny.MIN_VOCAB_SIZE}",
+        models={"tiny": {"source": "tiny", "vocab_size": 100}},
+    )
+    # the torch-free check's vocabulary floor is the tiny tokenizer's
+    assert sources.TINY_MIN_VOCAB_SIZE == 256 + len(tiny.SPECIAL_TOKENS)
 
 
 def test_a_missing_relative_local_path_is_an_error(tmp_path, monkeypatch):

@@ -166,7 +166,9 @@ def test_deterministic_training_is_math_attention_on_cuda_only():
     assert params["deterministic"] is True
     assert training.math_attention(params, "cuda") and not training.math_attention(params, "cpu")
     assert not training.math_attention({**params, "deterministic": False}, "cuda")
-    with pytest.raises(RewardModelError, match="deterministic must be true or false"):
+    with pytest.raises(
+        ConfigError, match="deterministic: .yes. is not allowed; deterministic takes true or false"
+    ):
         resolve_params("lora", {"deterministic": "yes"})
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # a caller's setting is what the CPU keeps
         with training.training_kernels(params, "cpu"):

@@ -37,6 +37,8 @@ TINY_DEFAULTS = MappingProxyType(
         "max_position_embeddings": 2048,
     }
 )
+#: The byte alphabet plus the tiny tokenizer's pad, BOS and EOS (`genies.models.tiny`).
+TINY_MIN_VOCAB_SIZE = 256 + 3
 #: Keys of every entry, whatever its source.
 COMMON_KEYS = ("source", "chat_template", "params_b", "gpus", "gpu_model")
 #: Source -> the keys of its own.
@@ -68,6 +70,11 @@ def check_entry(name: str, spec: dict, used: bool = True) -> None:
                 f"{where}: unknown key {key!r} for source {source}{note}; a {source} entry takes "
                 f"{', '.join(allowed)}"
             )
+    if source == "tiny":
+        try:
+            tiny_params(spec)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if source == "local" and used:
         _check_local_path(where, spec["path"])
 
@@ -86,6 +93,31 @@ def _check_local_path(where: str, value: str) -> None:
     problem = local_dir_problem(path)
     if problem:
         raise ConfigError(f"{where}/path: {problem}")
+
+
+def tiny_params(spec: dict) -> dict:
+    """The tiny-model parameters of `spec` with defaults filled in, validated."""
+    params = {key: spec.get(key, default) for key, default in TINY_DEFAULTS.items()}
+    if params["num_kv_heads"] is None:
+        params["num_kv_heads"] = params["num_heads"]
+    for key, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"tiny model: '{key}' must be an integer, got {value!r}")
+        if key != "seed" and value <= 0:
+            raise ValueError(f"tiny model: '{key}' must be positive, got {value}")
+    if params["hidden_size"] % params["num_heads"]:
+        raise ValueError(
+            f"tiny model: hidden_size {params['hidden_size']} is not divisible by "
+            f"num_heads {params['num_heads']}"
+        )
+    if params["num_heads"] % params["num_kv_heads"]:
+        raise ValueError(
+            f"tiny model: num_heads {params['num_heads']} is not divisible by "
+            f"num_kv_heads {params['num_kv_heads']}"
+        )
+    if params["vocab_size"] < TINY_MIN_VOCAB_SIZE:
+        raise ValueError(f"tiny model: vocab_size must be >= {TINY_MIN_VOCAB_SIZE}")
+    return params
 
 
 def local_dir_problem(path) -> str | None:
