@@ -14,13 +14,14 @@ import json
 import logging
 import numbers
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 
 from genies.data.raw import RawData, split_path
 from genies.data.special_tokens import special_tokens_in
 from genies.errors import DataError
-from genies.io import RunRecord, read_parquet, write_parquet
+from genies.io import RunRecord, read_parquet, read_provenance, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -293,3 +294,10 @@ def read_examples(path, limit: int | None = None) -> pa.Table:
     """Read a materialised split, keeping the first `limit` examples (None = all)."""
     table = read_parquet(path, rule="materialise")
     return table if limit is None else table.slice(0, limit)
+
+
+def split_of(path) -> tuple[str, str]:
+    """(dataset, split) of a materialised file: from its provenance, else from its path
+    (`results/data/<dataset>/<split>.parquet`)."""
+    prov = read_provenance(path)
+    return prov.get("dataset", Path(path).parent.name), prov.get("split", Path(path).stem)
