@@ -1,5 +1,6 @@
 """The model registry's entries (`models:` in the config): which keys each source takes, and the
-checks of a local model directory that need no torch.
+checks of a local model directory, a model's file list and the tiny model's sizes
+(`tiny_params`) that need no torch.
 
 `SOURCE_KEYS` is the one table of sources: the config check (before any job,
 `genies.pipeline.config`) rejects a key its entry's source does not take, and model preparation
@@ -55,8 +56,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 
 
 def check_entry(name: str, spec: dict, used: bool = True) -> None:
-    """Check registry entry `name`: its keys against its source's, and, when the run `used` it,
-    a local model's directory (module docstring). Raises ConfigError naming the entry."""
+    """Check registry entry `name`: its keys against its source's, a tiny model's sizes, and,
+    when the run `used` it, a local model's directory (module docstring). Raises ConfigError naming the entry."""
     where = f"models/{name}"
     source = spec.get("source")
     if source not in SOURCE_KEYS:
