@@ -57,7 +57,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 
 def check_entry(name: str, spec: dict, used: bool = True) -> None:
     """Check registry entry `name`: its keys against its source's, a tiny model's sizes, and,
-    when the run `used` it, a local model's directory (module docstring). Raises ConfigError naming the entry."""
+    when the run `used` it, a local model's directory (module docstring). Raises ConfigError
+    naming the entry."""
     where = f"models/{name}"
     source = spec.get("source")
     if source not in SOURCE_KEYS:
