@@ -1,9 +1,14 @@
-"""Atomic file output and run provenance.
+"""Atomic file output, checked JSON and Parquet input, and run provenance.
 
 Every artefact is written to a temporary sibling and renamed into place, so a reader (or
 Snakemake after a crash) never sees a half-written file. Provenance (parameters, package
 versions, git commit, wall time, device) travels inside each Parquet file's schema metadata,
 so the aggregation can rebuild the `runs` table from the result files alone.
+
+Files are read through one reader per kind, whose errors name the file: `parse_json` /
+`read_json` (UTF-8, not empty, no key twice in one object: JSON would keep only the last, so
+two responses with the same text would silently become one) and `read_parquet` (a file that
+is not Parquet, or is truncated, names itself and how to rebuild it).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from genies.errors import CorruptFileError, DataError
 
 PROVENANCE_KEY = b"genies.provenance"
 TRACKED_PACKAGES = ("genies", "torch", "transformers", "peft", "bitsandbytes", "pyarrow", "duckdb")
@@ -100,11 +107,119 @@ def write_parquet(table: pa.Table, path, metadata: dict | None = None) -> None:
         pq.write_table(table, tmp)
 
 
+def read_parquet(path, columns=None, filters=None, rule: str | None = None) -> pa.Table:
+    """`pq.read_table` of a file the workflow wrote; a missing, truncated or corrupt file raises
+    CorruptFileError naming it and how to rebuild it (`rule`: the rule that writes it)."""
+    try:
+        return pq.read_table(path, columns=columns, filters=filters)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc, rule) from None
+
+
+def read_parquet_schema(path, rule: str | None = None) -> pa.Schema:
+    """The schema of a Parquet file the workflow wrote (its footer only), with `read_parquet`'s
+    errors."""
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc, rule) from None
+
+
 def read_provenance(path) -> dict:
     """Return the provenance dict stored by `write_parquet`, or {} if there is none."""
-    meta = pq.read_schema(path).metadata or {}
+    meta = read_parquet_schema(path).metadata or {}
     raw = meta.get(PROVENANCE_KEY)
     return json.loads(raw) if raw else {}
+
+
+def _unreadable(path, exc: Exception, rule: str | None) -> Exception:
+    if isinstance(exc, FileNotFoundError):
+        return FileNotFoundError(f"{path}: no such file")
+    return CorruptFileError(path, f"not a readable Parquet file ({exc})", rule)
+
+
+class _Repeated(dict):
+    """A JSON object in which `key` appeared more than once."""
+
+    key: str
+
+
+def _object(pairs, repeats: list):
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set = set()
+        obj = _Repeated(obj)
+        obj.key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        repeats.append(obj)
+    return obj
+
+
+def _first_repeated(value, path=()):
+    """(path, key) of the outermost object with a repeated key, or None."""
+    if isinstance(value, _Repeated):
+        return path, value.key
+    children = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ()
+    )  # fmt: skip
+    for name, child in children:
+        if isinstance(child, dict | list):
+            found = _first_repeated(child, (*path, name))
+            if found:
+                return found
+    return None
+
+
+def parse_json(data: bytes, where, rule: str | None = None):
+    """The JSON value of a file's bytes: UTF-8 (a BOM is allowed), not empty, no key twice in
+    one object. Raises DataError naming `where`, and for a repeated key its record (the index
+    in a top-level array) and field; with `rule` (a file the workflow wrote), CorruptFileError
+    with how to rebuild it."""
+    try:
+        return _parse_json(data, where)
+    except DataError as exc:
+        if rule is None:
+            raise
+        raise CorruptFileError(where, str(exc).removeprefix(f"{where}: "), rule) from None
+
+
+def _parse_json(data: bytes, where):
+    if not data.strip():
+        raise DataError(where, f"the file is empty ({len(data)} bytes); expected JSON")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            where, f"not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from None
+    repeats: list = []
+    try:
+        value = json.loads(text, object_pairs_hook=lambda pairs: _object(pairs, repeats))
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            where, f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    if repeats:
+        path, key = _first_repeated(value)
+        record = path[0] if isinstance(value, list) and path else None
+        inner = path[1:] if record is not None else path
+        field = "/".join(map(str, inner)) if inner else key
+        raise DataError(
+            where,
+            f"key {key!r} appears twice in one object (JSON would keep only the last); "
+            "remove or rename one",
+            record=record,
+            field=field,
+        )
+    return value
+
+
+def read_json(path, rule: str | None = None):
+    """`parse_json` of the file at `path`; a file that cannot be read is a DataError too."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(path, f"cannot be read ({exc.strerror or exc})") from None
+    return parse_json(data, path, rule)
 
 
 def models_of(*paths) -> dict:

@@ -91,13 +91,18 @@ SCORING = {
 
 
 def tune_params(wildcards):
-    """A reward model's parameters: the caps and scoring device unless the method sets them."""
-    defaults = {
+    """A reward model's parameters: the train cap and the scoring device and dtype unless its
+    config entry sets them."""
+    given = config["interventions"][wildcards.intervention]
+    workflow = {
         "max_train_examples": plan.cap("train"),
         "device": config["scoring"]["device"],
         "dtype": config["scoring"]["dtype"],
     }
-    return {**defaults, **plan.params(wildcards.intervention)}
+    return {
+        **plan.params(wildcards.intervention),
+        **{k: v for k, v in workflow.items() if k not in given},
+    }
 
 
 # Cluster resources (used by the SLURM profile; a local run ignores them unless --resources

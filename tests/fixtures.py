@@ -193,6 +193,8 @@ def fake_llama_dir(root: Path, size: str, shards: int = 2) -> Path:
               "num_attention_heads": hidden // 128, "num_key_value_heads": kv_heads,
               "intermediate_size": inter, "vocab_size": vocab}  # fmt: skip
     (root / "config.json").write_text(json.dumps(config))
+    # a model directory has tokenizer files (the config check looks for them); never read here
+    (root / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
     return root
 
 

@@ -28,6 +28,7 @@ TORCH_FREE = (
     "genies.versions",
     "genies.data.*",
     "genies.models.layout",
+    "genies.models.sources",
     "genies.models.tokens",
     "genies.models.context",
     "genies.pipeline.*",

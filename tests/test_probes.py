@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 
 from genies.data.predictions import PREDICTION_SCHEMA, expand_pairs
 from genies.data.stimuli import STIMULI
+from genies.errors import ConfigError
 from genies.forward.activations import ActivationWriter
 from genies.forward.zero_shot import FORWARD_SCHEMA
 from genies.io import read_provenance
@@ -298,7 +299,7 @@ def test_model_mismatch_and_params_are_checked(data, fitted):
         predict(fitted["mms"], inputs("mms", "target", examples, small))
     with pytest.raises(ValueError, match="examples x 2 responses"):
         inputs("mms", "target", examples, {"plain": {"heads": acts["plain"]["heads"][:-1]}})
-    with pytest.raises(ValueError, match="unknown parameters"):
+    with pytest.raises(ConfigError, match="interventions/mms: unknown parameter 'n_heads'"):
         method_params("mms", {"n_heads": 3})
     with pytest.raises(ValueError, match="unknown probe method"):
         method_params("iti", {})
@@ -516,7 +517,7 @@ def test_newton_step_falls_back_to_float64():
     assert error[1] < 1e-12 and max(error[0], error[2]) < 1e-5
     with pytest.raises(ValueError, match="precision"):
         fit_logistic(np.zeros((1, 4, 2)), np.r_[0, 1, 0, 1], precision="float16")
-    with pytest.raises(ValueError, match="probe_precision"):
+    with pytest.raises(ConfigError, match="probe_precision: 'half' is not allowed"):
         method_params("mms", {"probe_precision": "half"})
 
 

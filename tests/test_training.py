@@ -24,6 +24,7 @@ import torch
 
 import genies.methods.tuned.training as training
 from genies.data.materialise import examples_table
+from genies.errors import ConfigError
 from genies.methods.tuned.checkpoints import latest_checkpoint
 from genies.methods.tuned.reward_model import (
     INFO_FILE,
@@ -165,7 +166,9 @@ def test_deterministic_training_is_math_attention_on_cuda_only():
     assert params["deterministic"] is True
     assert training.math_attention(params, "cuda") and not training.math_attention(params, "cpu")
     assert not training.math_attention({**params, "deterministic": False}, "cuda")
-    with pytest.raises(RewardModelError, match="deterministic must be true or false"):
+    with pytest.raises(
+        ConfigError, match="deterministic: .yes. is not allowed; deterministic takes true or false"
+    ):
         resolve_params("lora", {"deterministic": "yes"})
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # a caller's setting is what the CPU keeps
         with training.training_kernels(params, "cpu"):
@@ -446,9 +449,9 @@ def test_params_presets_and_validation():
     assert (lora["lora_r"], lora["lora_alpha"], lora["lora_dropout"]) == (64, 16, 0.1)
     pt = resolve_params("prompt_tuning")
     assert pt["lr"] == 0.0052 and pt["num_virtual_tokens"] == 10
-    with pytest.raises(RewardModelError, match="unknown training params"):
+    with pytest.raises(ConfigError, match="interventions/lora: unknown parameter 'stpes'"):
         resolve_params("lora", {"stpes": 3})
     with pytest.raises(RewardModelError, match="unknown method"):
         resolve_params("full", {})
-    with pytest.raises(RewardModelError, match="val_fraction"):
+    with pytest.raises(ConfigError, match="val_fraction: 1 is not allowed"):
         resolve_params("lora", {"val_fraction": 1.0})

@@ -17,6 +17,10 @@ continues from its KV cache. Text a stimulus puts between the prompt and the sco
 LAT stimulus-2 frame, the yes/no question after the response) is the start of the assistant's
 turn (`tokenize_examples(..., assistant_starts=...)`): only the dataset's prompt is the user's.
 
+Only the template's own text is parsed for special tokens: the user's prompt inside it is data
+(`Turns.user` says where it lies, found by rendering the template around a second sentinel),
+and `genies.models.tokens` encodes it, like the assistant's start, as text.
+
 A template that reads the current date (``strftime_now``, e.g. Llama 3.2) makes the texts, and
 so the scores, depend on the day they were computed: a warning says so.
 
@@ -40,9 +44,11 @@ from genies.errors import GeniesError
 
 log = logging.getLogger(__name__)
 
-# Stands in for the assistant's content when rendering, to find where a response starts and
-# what follows it. Plain characters only: a template may trim or escape content.
+# Stand in for the assistant's and the user's content when rendering, to find where a response
+# starts and what follows it, and where the user's prompt lies. Plain characters only: a template
+# may trim or escape content.
 SENTINEL = "GENIESRESPONSE7f3a9c"
+USER_SENTINEL = "GENIESPROMPT5b81e2"
 _MARK = "_genies_chat_template"
 
 
@@ -73,10 +79,13 @@ def require_template(tokenizer, where: str = "") -> None:
 
 @dataclass(frozen=True)
 class Turns:
-    """Per prompt: the text before the response and the text after it."""
+    """Per prompt: the text before the response, the text after it, and where in `before` the
+    user's prompt lies as the template wrote it ((start, end), or None when the template's text
+    around it differs from its text around a sentinel)."""
 
     before: list[str]
     after: list[str]
+    user: list[tuple[int, int] | None]
 
 
 def turns(tokenizer, prompts: Sequence[str]) -> Turns:
@@ -88,8 +97,8 @@ def turns(tokenizer, prompts: Sequence[str]) -> Turns:
             "they are computed"
         )
     if not prompts:
-        return Turns([], [])
-    user = [[{"role": "user", "content": p}] for p in prompts]
+        return Turns([], [], [])
+    user = [[{"role": "user", "content": p}] for p in [USER_SENTINEL, *prompts]]
     headers = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
     try:
         full = tokenizer.apply_chat_template(
@@ -99,7 +108,14 @@ def turns(tokenizer, prompts: Sequence[str]) -> Turns:
         raise ChatTemplateError(
             f"the chat template cannot render a user message and an assistant answer: {exc}"
         ) from exc
-    before, after = [], []
+    (frame, *headers), (frame_full, *full) = headers, full
+    # the template's text before and after the user's prompt, in a generation prompt and in
+    # the text before an answer
+    frames = {
+        "header": _around_user(frame),
+        "lead": _around_user(frame_full.partition(SENTINEL)[0]),
+    }
+    before, after, spans = [], [], []
     for i, (header, text) in enumerate(zip(headers, full, strict=True)):
         if text.count(SENTINEL) != 1:
             raise ChatTemplateError(
@@ -107,6 +123,7 @@ def turns(tokenizer, prompts: Sequence[str]) -> Turns:
                 f"{i}), so a response cannot be placed in it"
             )
         lead, tail = text.split(SENTINEL)
+        kind = "lead"
         if not lead.startswith(header):
             # the template renders a past answer's header unlike the generation prompt (e.g. a
             # reasoning template's open think block): the generation prompt leads, as asked
@@ -117,10 +134,27 @@ def turns(tokenizer, prompts: Sequence[str]) -> Turns:
                     header[-40:],
                     lead[-40:],
                 )
-            lead = header
+            lead, kind = header, "header"
         before.append(lead)
         after.append(tail)
-    return Turns(before, after)
+        spans.append(_between(lead, frames[kind]))
+    return Turns(before, after, spans)
+
+
+def _around_user(text: str) -> list[str] | None:
+    return text.split(USER_SENTINEL) if text.count(USER_SENTINEL) == 1 else None
+
+
+def _between(text: str, frame) -> tuple[int, int] | None:
+    """Where `text` holds the user's prompt: what the template wrote around the sentinel must
+    be its start and its end."""
+    if frame is None:
+        return None
+    opening, closing = frame
+    end = len(text) - len(closing)
+    if end < len(opening) or not (text.startswith(opening) and text.endswith(closing)):
+        return None
+    return len(opening), end
 
 
 def own_special_ids(tokenizer) -> tuple[list[int], list[int]]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -34,7 +33,7 @@ from genies.data.layouts import LAYOUTS, convert, required_columns
 from genies.data.materialise import LONG_EXAMPLE_CHARS, examples_table, write_split
 from genies.errors import ConfigError, DataError
 from genies.hub import explain_hub_error
-from genies.io import RunRecord, write_json
+from genies.io import RunRecord, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,7 @@ def materialise_distribution(
 ) -> list[str]:
     """Load, convert and validate one GENIES split of a pinned distribution and write it as
     Parquet; return the warnings (rows dropped as ties, data defects)."""
-    pin = json.loads(Path(pin_path).read_text())
+    pin = read_json(pin_path, rule="pin_distribution")
     run = RunRecord("materialise", dataset=name, split=split, params=spec)
     with tempfile.TemporaryDirectory(prefix="genies-datasets-") as cache:
         sources = load_sources(spec, pin, cache)

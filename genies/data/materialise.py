@@ -17,11 +17,11 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from genies.data.raw import RawData, split_path
+from genies.data.special_tokens import special_tokens_in
 from genies.errors import DataError
-from genies.io import RunRecord, read_provenance, write_parquet
+from genies.io import RunRecord, read_parquet, read_provenance, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def validate_examples(records, where: str) -> list[dict]:
                 raise DataError(where, "required field is missing", record=i, field=field)
         if not isinstance(rec["prompt"], str):
             raise DataError(where, "must be a string", record=i, field="prompt")
+        _check_text(rec, where, i)
         responses = rec["responses"]
         if not isinstance(responses, dict):
             raise DataError(
@@ -122,6 +123,27 @@ def validate_examples(records, where: str) -> list[dict]:
     return examples
 
 
+def _check_text(rec: dict, where: str, i: int) -> None:
+    """Every string of record `i` must be text: a lone surrogate (a JSON escape such as
+    "\\ud800" without its pair) cannot be encoded, stored or tokenised."""
+    fields = [("prompt", rec["prompt"])]
+    if isinstance(rec["responses"], dict):
+        fields += [(f"responses[{j}]", text) for j, text in enumerate(rec["responses"])]
+    fields += [(k, v) for k, v in rec.items() if k not in ("prompt", "responses")]
+    for field, value in fields:
+        text = value if isinstance(value, str) else json.dumps([field, value], ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(
+                where,
+                f"contains a lone surrogate {text[exc.start]!r} (character {exc.start}), a "
+                "\\u escape without its pair, which is not text; fix the escape in the file",
+                record=i,
+                field=field.encode("utf-8", "backslashreplace").decode(),
+            ) from None
+
+
 def fingerprint(prompt: str, responses: list[str], preferred: int) -> str:
     """Identity of an example's content, independent of response order."""
     scored = sorted((text, j == preferred) for j, text in enumerate(responses))
@@ -156,7 +178,9 @@ def defect_warnings(
     """Known GENIES data defects (docs/fidelity.md), as human-readable warnings.
 
     Also examples whose prompt plus longest response exceed `long_example_chars` characters
-    (None: no check): they may not fit a model's context (`genies.models.context`).
+    (None: no check): they may not fit a model's context (`genies.models.context`); and
+    examples that contain special-token strings of common tokenizers
+    (`genies.data.special_tokens`).
     """
     warnings = []
     n = table.num_rows
@@ -177,7 +201,26 @@ def defect_warnings(
             warnings.append(f"{leaked} examples also appear in train (train/test overlap)")
     if long_example_chars is not None:
         warnings += _long_example_warnings(table, long_example_chars)
-    return warnings
+    return warnings + _special_token_warnings(table)
+
+
+def _special_token_warnings(table: pa.Table) -> list[str]:
+    cols = table.select(["example_id", "prompt", "responses"]).to_pydict()
+    found = [
+        special_tokens_in([p, *rs]) for p, rs in zip(cols["prompt"], cols["responses"], strict=True)
+    ]
+    hits = [i for i, strings in enumerate(found) if strings]
+    if not hits:
+        return []
+    counts = Counter(s for i in hits for s in found[i])
+    listed = ", ".join(
+        f"{s} in {n}" for s, n in sorted(counts.items(), key=lambda x: (-x[1], x[0]))
+    )
+    return [
+        f"{len(hits)} examples contain special-token strings ({listed}; the first, "
+        f"{cols['example_id'][hits[0]]}): they are scored as plain text, never as control "
+        "tokens (docs/fidelity.md)"
+    ]
 
 
 def _long_example_warnings(table: pa.Table, limit: int) -> list[str]:
@@ -249,7 +292,7 @@ def write_split(
 
 def read_examples(path, limit: int | None = None) -> pa.Table:
     """Read a materialised split, keeping the first `limit` examples (None = all)."""
-    table = pq.read_table(path)
+    table = read_parquet(path, rule="materialise")
     return table if limit is None else table.slice(0, limit)
 
 

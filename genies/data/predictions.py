@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from genies.io import RunRecord, models_of
+from genies.io import RunRecord, models_of, read_parquet
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -128,8 +128,13 @@ def read_prediction_files(files) -> tuple[pa.Table, np.ndarray]:
     """The rows of every file, file after file, and how many rows each file holds."""
     if not files:
         return PREDICTION_SCHEMA.empty_table(), np.zeros(0, np.int64)
-    dataset = pads.dataset([str(f) for f in files], format="parquet", schema=PREDICTION_SCHEMA)
-    tables = [part.to_table(schema=PREDICTION_SCHEMA) for part in dataset.get_fragments()]
+    try:
+        dataset = pads.dataset([str(f) for f in files], format="parquet", schema=PREDICTION_SCHEMA)
+        tables = [part.to_table(schema=PREDICTION_SCHEMA) for part in dataset.get_fragments()]
+    except (pa.ArrowException, OSError):
+        for f in files:  # name the file that cannot be read, and how to rebuild it
+            read_parquet(f)
+        raise
     counts = np.array([t.num_rows for t in tables], np.int64)
     # One chunk per file otherwise: DuckDB ingests (and the cells encode) one contiguous chunk
     # about twice as fast as thousands of small ones.

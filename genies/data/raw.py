@@ -10,11 +10,11 @@ files) are ignored.
 from __future__ import annotations
 
 import functools
-import json
 import tarfile
 from pathlib import Path
 
 from genies.errors import DataError
+from genies.io import parse_json
 
 SPLITS = ("train", "test")
 _ROOTS = ("distributions/", "distribution_shifts/")
@@ -76,16 +76,8 @@ class RawData:
             return tar.extractfile(self._members[rel]).read()
 
     def read_json(self, rel: str):
-        raw = self.read_bytes(rel)
-        try:
-            return json.loads(raw)
-        except UnicodeDecodeError as exc:
-            raise DataError(self.display(rel), f"not UTF-8 text ({exc.reason})") from None
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                self.display(rel),
-                f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
-            ) from None
+        """The file's JSON, checked by `genies.io.parse_json` (UTF-8, not empty, no key twice)."""
+        return parse_json(self.read_bytes(rel), self.display(rel))
 
     def datasets(self) -> list[str]:
         """Dataset ids: folders of `distributions/` that have both train.json and test.json."""

@@ -22,7 +22,6 @@ paper defines its columns (`SET_FLAGS`):
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import pyarrow as pa
 
 from genies.data.raw import RawData
 from genies.errors import ConfigError, DataError
+from genies.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +73,9 @@ class Shift:
 def _read_entries(raw: RawData | None, path: Path | None, rel: str | None):
     if path is not None:
         where = str(path)
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise DataError(where, "shift file not found") from None
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                where, f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-            ) from None
+        if not Path(path).is_file():
+            raise DataError(where, "shift file not found")
+        data = read_json(path)
     else:
         where = raw.display(rel)
         data = raw.read_json(rel)

@@ -27,7 +27,7 @@ import torch
 from safetensors.numpy import load_file
 
 from genies.io import atomic_path
-from genies.models.layout import decoder_layers
+from genies.models.layout import decoder_layers, read_safetensors_header
 
 _DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
 
@@ -164,4 +164,7 @@ class ActivationCapture:
 
 
 def load_activations(path) -> dict[str, np.ndarray]:
+    """Every tensor of an activation file; a truncated or corrupt file raises SafetensorsError
+    naming it and how to rebuild it."""
+    read_safetensors_header(path, rule="forward")
     return load_file(str(path))

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from genies.data.predictions import expand_pairs, pair_rows, prediction_run
-from genies.io import write_parquet
+from genies.io import read_parquet, write_parquet
 
 FORWARD_SCHEMA = pa.schema(
     [
@@ -99,7 +98,7 @@ def response_matrix(examples: pa.Table, scored: pa.Table, values, what: str):
 def read_scores(path, **equal) -> pa.Table:
     """Rows of a forward (or few-shot) scores file whose columns equal the given values."""
     filters = [(name, "=", value) for name, value in equal.items()]
-    return pq.read_table(path, filters=filters or None)
+    return read_parquet(path, filters=filters or None)
 
 
 def write_zero_shot_predictions(
@@ -121,7 +120,7 @@ def write_zero_shot_predictions(
     else:
         scores = read_scores(forward_file, split="test", stimulus="plain")
     table = zero_shot_predictions(
-        pq.read_table(data_file),
+        read_parquet(data_file),
         scores.select(FORWARD_SCHEMA.names),
         normalisation,
         model,

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from genies.pipeline import interventions as registry
+
 __all__ = [
     "LogisticFit",
     "calibrated_probability",
@@ -41,7 +43,7 @@ __all__ = [
 _ARMIJO = 1e-4
 _MAX_HALVINGS = 40
 _ROUNDING = 1e-13
-PRECISIONS = ("mixed", "float64")
+PRECISIONS = registry.RULE_PARAMS["mean_difference"]["probe_precision"].choices
 
 
 def _matvec(a, b):

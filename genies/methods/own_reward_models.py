@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from genies.data.materialise import read_examples
 from genies.data.predictions import expand_pairs, pair_rows, prediction_run
 from genies.forward.zero_shot import FORWARD_SCHEMA, read_scores, response_matrix
-from genies.io import write_parquet
+from genies.io import read_parquet, write_parquet
 
 #: A sequence classifier's reward of every test response (`genies.methods.reward_classifier`).
 REWARD_SCORES_SCHEMA = pa.schema(
@@ -82,7 +81,7 @@ def write_reward_model_predictions(
     (`genies.methods.reward_classifier.write_reward_scores`)."""
     labels = {"model": model, "intervention": intervention, "train": "none", "eval": eval_dataset}
     run = prediction_run(model, intervention, "none", eval_dataset, scores_file)
-    scores = pq.read_table(scores_file)
+    scores = read_parquet(scores_file, rule="score_reward_model")
     data = read_examples(data_file)
     what = f"reward scores of {eval_dataset} ({scores_file})"
 

@@ -66,20 +66,25 @@ import json
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from safetensors.numpy import load_file, save_file
 
 from genies.data.materialise import read_examples
 from genies.data.predictions import expand_pairs, prediction_run, predictions_table
-from genies.io import RunRecord, atomic_path, models_of, write_json, write_parquet
+from genies.io import (
+    RunRecord,
+    atomic_path,
+    models_of,
+    read_json,
+    read_parquet,
+    write_json,
+    write_parquet,
+)
 from genies.methods import ccs as ccs_probe
 from genies.methods.calibration import (
-    PRECISIONS,
     calibrated_probability,
     fit_logistic,
     fit_pair_calibration,
@@ -105,44 +110,13 @@ METHODS = {
 }
 CONTRAST = ("yes", "no")  # the readings of a yesno row pair, in row order
 
-COMMON_DEFAULTS = {"train_fraction": 0.7, "calibration_l2": 1.0}
-RULE_DEFAULTS = {
-    "mean_difference": {
-        "n_units": 16,
-        "probe_c": 1.0,
-        "probe_max_iter": 100,
-        "probe_precision": "mixed",
-    },
-    "ccs": {
-        "restarts": 10,
-        "epochs": 1000,
-        "lr": 1e-3,
-        "weight_decay": 0.01,
-        "centre": "source",
-    },
-}
-
 
 def method_params(method: str, params: Mapping | None = None) -> dict:
-    """The method's parameters: defaults overridden by `params`; unknown names are errors."""
+    """The method's parameters: its registry row's defaults (`genies.pipeline.interventions`,
+    where each is declared with its type and range) overridden by `params`, checked there."""
     if method not in METHODS:
         raise ValueError(f"unknown probe method {method!r}; expected one of {sorted(METHODS)}")
-    out = {
-        **COMMON_DEFAULTS,
-        **RULE_DEFAULTS[METHODS[method].rule],
-        **registry.get(method).defaults,
-    }
-    unknown = sorted(set(params or {}) - set(out))
-    if unknown:
-        raise ValueError(f"{method}: unknown parameters {unknown}; known: {sorted(out)}")
-    out.update(params or {})
-    if not 0 < out["train_fraction"] < 1:
-        raise ValueError(f"{method}: train_fraction must be in (0, 1)")
-    if out.get("centre", "source") not in ("source", "eval"):
-        raise ValueError(f"{method}: centre must be 'source' or 'eval'")
-    if out.get("probe_precision", "mixed") not in PRECISIONS:
-        raise ValueError(f"{method}: probe_precision must be one of {PRECISIONS}")
-    return out
+    return registry.resolved_params(method, params)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -151,8 +125,9 @@ _NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
 
 
 def read_activations(path, tensor: str) -> tuple[np.ndarray, dict]:
-    """Memory-map one tensor of an activation file; also return the file's metadata."""
-    header = read_safetensors_header(path)
+    """Memory-map one tensor of an activation file; also return the file's metadata. A
+    truncated or corrupt file raises SafetensorsError naming it and how to rebuild it."""
+    header = read_safetensors_header(path, rule="forward")
     if tensor not in header.tensors:
         raise ValueError(f"{path}: no tensor {tensor!r} (has {sorted(header.tensors)})")
     entry = header.tensors[tensor]
@@ -236,7 +211,7 @@ def _check_rows(rows_file, examples: pa.Table, split: str, stimulus: str) -> Non
     """The forward Parquet's row labels must be the data's examples, responses, answers."""
     names = ["example_id", "response_index", "answer"]
     filters = [("split", "=", split), ("stimulus", "=", stimulus)]
-    got = pq.read_table(rows_file, columns=names, filters=filters).to_pydict()
+    got = read_parquet(rows_file, names, filters, rule="forward").to_pydict()
     answers = 2 if stimulus == "yesno" else 1
     want = {name: [] for name in names}
     cols = examples.select(["example_id", "n_responses"]).to_pydict()
@@ -279,7 +254,7 @@ def _context_of(rows_file, examples: pa.Table, split: str, spec: Method):
     """Per example: whether any of its texts was skipped, and the most prompt tokens cut."""
     names = ["example_id", "skipped", "prompt_tokens_cut"]
     filters = [("split", "=", split), ("stimulus", "=", spec.stimulus)]
-    rows = pq.read_table(rows_file, columns=names, filters=filters).to_pydict()
+    rows = read_parquet(rows_file, names, filters, rule="forward").to_pydict()
     index = {eid: i for i, eid in enumerate(examples.column("example_id").to_pylist())}
     skipped = np.zeros(len(index), dtype=bool)
     cut = np.zeros(len(index), dtype=np.int32)
@@ -357,8 +332,11 @@ def save_state(state: ProbeState, tensors_path, info_path, provenance=None) -> N
 
 
 def load_state(tensors_path, info_path) -> ProbeState:
-    fields = json.loads(Path(info_path).read_text())
+    """A fitted probe; a truncated or corrupt file raises an error naming it and how to
+    rebuild it."""
+    fields = read_json(info_path, rule="fit_probe")
     fields.pop("provenance", None)
+    read_safetensors_header(tensors_path, rule="fit_probe")  # names a truncated file
     return ProbeState(tensors=load_file(str(tensors_path)), **fields)
 
 

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from genies.errors import GeniesError
+from genies.errors import GeniesError, rebuild_advice
 
 # A prepared model directory of a `link: true` registry entry holds this file, which names the
 # folder of its weights (`genies.models.prepare`).
@@ -69,13 +69,23 @@ class SafetensorsHeader:
         return self.data_start + int(self.tensors[name]["data_offsets"][0])
 
 
-def read_safetensors_header(path) -> SafetensorsHeader:
+def read_safetensors_header(path, rule: str | None = None) -> SafetensorsHeader:
     """Read and check the header of `path` (no tensor data is read).
 
     Raises `SafetensorsError` naming the file when it is shorter than its header says, its
-    header is not JSON, or a tensor's data lies outside the file.
+    header is not JSON, or a tensor's data lies outside the file or does not match its shape.
+    `rule`: the workflow rule that writes the file (activations: forward, probe states:
+    fit_probe); the message then says how to rebuild it.
     """
-    path = Path(path)
+    try:
+        return _checked_header(Path(path))
+    except SafetensorsError as exc:
+        if rule is None:
+            raise
+        raise SafetensorsError(f"{exc}; {rebuild_advice(path, rule)}") from None
+
+
+def _checked_header(path: Path) -> SafetensorsHeader:
     try:
         size_on_disk = path.stat().st_size
         with open(path, "rb") as handle:
@@ -106,12 +116,18 @@ def read_safetensors_header(path) -> SafetensorsHeader:
     data_bytes = size_on_disk - 8 - size
     for name, entry in tensors.items():
         try:
-            end = int(entry["data_offsets"][1])
-            entry["dtype"], entry["shape"]  # noqa: B018 - both must be there
+            start, end = (int(x) for x in entry["data_offsets"])
+            count = math.prod(int(n) for n in entry["shape"])
+            item = DTYPE_BYTES.get(entry["dtype"])
         except (KeyError, TypeError, IndexError, ValueError):
             raise SafetensorsError(
                 f"{path}: tensor {name!r} has a malformed header entry"
             ) from None
+        if item is not None and end - start != count * item:
+            raise SafetensorsError(
+                f"{path}: tensor {name!r} of shape {entry['shape']} ({entry['dtype']}) needs "
+                f"{count * item} bytes, but its header gives it {end - start}"
+            )
         if end > data_bytes:
             raise SafetensorsError(
                 f"{path}: truncated: tensor {name!r} ends at byte {end} of the data, but the "

@@ -28,6 +28,7 @@ from genies.errors import GeniesError
 from genies.io import RunRecord
 from genies.models.context import max_positions
 from genies.models.layout import LINK_FILE, WEIGHT_SHARE, model_layout, weights_folder
+from genies.models.sources import model_files_problem
 from genies.versions import MODEL_PACKAGES, check_versions
 
 MODEL_INFO_FILE = "genies_model.json"
@@ -41,8 +42,6 @@ DTYPES = {
     "fp16": torch.float16,
 }
 QUANTIZATIONS = ("nf4",)
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 class ModelError(GeniesError, ValueError):
@@ -230,26 +229,11 @@ def resolve_model_dir(model_dir) -> Path:
 
 
 def check_model_files(files, where: str, pickle_advice: str) -> None:
-    """Refuse a model's file list (top-level names) without config.json, safetensors weights
-    or tokenizer files; `pickle_advice` says what to do when it has only pickle checkpoints
-    (refused: unpickling can execute code)."""
-    files = sorted(files)
-    if "config.json" not in files:
-        raise ModelError(f"{where} has no config.json; files found: {files}")
-    if not any(name.endswith(".safetensors") for name in files):
-        pickles = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
-        hint = (
-            f" It only has pickle checkpoints ({', '.join(pickles)}), which are refused because "
-            f"unpickling can execute code; {pickle_advice}."
-            if pickles
-            else ""
-        )
-        raise ModelError(f"{where} has no *.safetensors weights; files found: {files}." + hint)
-    if not any(name in files for name in TOKENIZER_FILES):
-        raise ModelError(
-            f"{where} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); files "
-            f"found: {files}"
-        )
+    """Refuse a model's file list (top-level names) that `genies.models.sources.model_files_problem`
+    finds a problem with."""
+    problem = model_files_problem(files, where, pickle_advice)
+    if problem:
+        raise ModelError(problem)
 
 
 def sentencepiece_only(folder) -> bool:

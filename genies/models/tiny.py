@@ -12,11 +12,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from genies.models.sources import TINY_DEFAULTS, TINY_MIN_VOCAB_SIZE, tiny_params
+
 PAD_TOKEN = "<pad>"
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)  # ids 0, 1, 2
-MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # the byte alphabet plus the special tokens
+MIN_VOCAB_SIZE = TINY_MIN_VOCAB_SIZE
 # The chat template of a `tiny` model whose spec says `chat_template: true` (tests of
 # genies.data.chat): Zephyr's layout, which writes BOS itself and ends an answer with EOS and "\n".
 # (Newlines are string literals: transformers renders templates with trim_blocks.)
@@ -26,16 +28,6 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
 
-TINY_DEFAULTS = {
-    "seed": 0,
-    "hidden_size": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "num_kv_heads": None,  # None: same as num_heads
-    "intermediate_size": 128,
-    "vocab_size": 512,
-    "max_position_embeddings": 2048,
-}
 
 # A small fixed corpus (English prose, dialogue in the GENIES prompt style, code). Changing it
 # changes the tokenizer and therefore every tiny-model result: treat it as frozen.
@@ -101,31 +93,6 @@ def train_tiny_tokenizer(
         clean_up_tokenization_spaces=False,
         model_max_length=TINY_DEFAULTS["max_position_embeddings"],
     )
-
-
-def tiny_params(spec: dict) -> dict:
-    """The tiny-model parameters of `spec` with defaults filled in, validated."""
-    params = {key: spec.get(key, default) for key, default in TINY_DEFAULTS.items()}
-    if params["num_kv_heads"] is None:
-        params["num_kv_heads"] = params["num_heads"]
-    for key, value in params.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"tiny model: '{key}' must be an integer, got {value!r}")
-        if key != "seed" and value <= 0:
-            raise ValueError(f"tiny model: '{key}' must be positive, got {value}")
-    if params["hidden_size"] % params["num_heads"]:
-        raise ValueError(
-            f"tiny model: hidden_size {params['hidden_size']} is not divisible by "
-            f"num_heads {params['num_heads']}"
-        )
-    if params["num_heads"] % params["num_kv_heads"]:
-        raise ValueError(
-            f"tiny model: num_heads {params['num_heads']} is not divisible by "
-            f"num_kv_heads {params['num_kv_heads']}"
-        )
-    if params["vocab_size"] < MIN_VOCAB_SIZE:
-        raise ValueError(f"tiny model: vocab_size must be >= {MIN_VOCAB_SIZE}")
-    return params
 
 
 def build_tiny(spec: dict | None = None) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:

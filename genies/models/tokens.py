@@ -1,5 +1,14 @@
 """Token ids of prompts and responses, as every scorer and reward model reads them.
 
+Data is text: prompts, responses, few-shot demonstrations (part of their prompts) and the text a
+stimulus puts after a response are encoded with the tokenizer's special-token parsing off
+(``split_special_tokens=True``), so "Hello<|endoftext|>" is the characters it shows and never
+SmolLM2's end of text. Only the chat template's own text and the BOS and EOS added here are
+control tokens (the published code parsed them: docs/fidelity.md). In a chat template the
+user's prompt is found with `genies.data.chat.Turns.user`; a prompt or stimulus text that holds
+a special-token string of the tokenizer is encoded piece by piece (the template's text parsed,
+the data not), every other one as one string, as before.
+
 Prompt and responses are tokenised *separately* and without special tokens; the
 response text directly follows the prompt with no separator, as in the published
 GENIES code. The prompt gets the tokenizer's BOS prepended (when ``add_bos`` and the
@@ -19,6 +28,7 @@ reward models all tokenise through `tokenize_examples`, so a text is the same to
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,14 +66,15 @@ def tokenize_examples(
     eos = getattr(tokenizer, "eos_token_id", None)
     if chat_template is None:
         chat_template = chat.requested(tokenizer)
+    starts = [""] * len(prompts) if assistant_starts is None else list(assistant_starts)
     ends = None
     if chat_template:
         turns = chat.turns(tokenizer, prompts)
-        prompts, add_bos, ends = turns.before, False, turns.after
-    if assistant_starts is not None:
-        prompts = [p + s for p, s in zip(prompts, assistant_starts, strict=True)]
+        add_bos, ends = False, turns.after
+        prompt_ids = _templated_prompt_ids(tokenizer, prompts, turns, starts)
+    else:
+        prompt_ids = _encode(tokenizer, [p + s for p, s in zip(prompts, starts, strict=True)])
     end_ids = _response_ends(tokenizer, len(responses), append_eos, ends)
-    prompt_ids = _encode(tokenizer, list(prompts))
     flat = _encode(tokenizer, [r for rs in responses for r in rs])
 
     fallback = bos if bos is not None else eos
@@ -97,12 +108,69 @@ def appended_tokens(
     return np.array([len(e) for e in _response_ends(tokenizer, len(prompts), append_eos, ends)])
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+def _encode(tokenizer, texts: list[str], markup: bool = False) -> list[list[int]]:
+    """Ids of `texts`, nothing added around them. Data is text: its special-token strings are
+    encoded as characters; only `markup` (a chat template's own text) is parsed for them."""
     if not texts:
         return []
     # verbose=False: no "longer than the maximum" warning; genies.models.context checks lengths
-    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)
+    encoded = tokenizer(
+        texts, add_special_tokens=False, split_special_tokens=not markup, verbose=False
+    )
     return [list(ids) for ids in encoded["input_ids"]]
+
+
+def _templated_prompt_ids(tokenizer, prompts, turns, starts) -> list[list[int]]:
+    """Ids of each chat-templated prompt (`turns.before`) and its assistant start: the
+    template's text parsed for control tokens, the user's prompt and the start as text."""
+    special = special_token_pattern(tokenizer)
+    marked = [
+        i for i, (p, s) in enumerate(zip(prompts, starts, strict=True))
+        if special.search(p) or special.search(s)
+    ]  # fmt: skip
+    # without a special-token string in its data, the whole text parsed has only the template's
+    whole = sorted(set(range(len(prompts))) - set(marked))
+    texts = [turns.before[i] + starts[i] for i in whole]
+    ids = dict(zip(whole, _encode(tokenizer, texts, markup=True), strict=True))
+    for i in marked:
+        if turns.user[i] is None:
+            raise chat.ChatTemplateError(
+                f"prompt {i} holds a special-token string, which must stay text, but the chat "
+                "template writes text around it that depends on it, so the prompt cannot be "
+                "told apart from the template's own control tokens; remove `chat_template`"
+            )
+        a, b = turns.user[i]
+        text = turns.before[i]
+        ids[i] = [
+            *_encode(tokenizer, [text[:a]], markup=True)[0],
+            *_encode_within(tokenizer, text[a:b], markup=False),
+            *_encode_within(tokenizer, text[b:], markup=True),
+            *_encode_within(tokenizer, starts[i], markup=False),
+        ]
+    return [ids[i] for i in range(len(prompts))]
+
+
+def _encode_within(tokenizer, text: str, markup: bool) -> list[int]:
+    """Ids of `text` in the middle of a sequence: encoded after a newline that is then dropped,
+    so that a SentencePiece tokenizer adds no prefix space (as transformers' own sanitised chat
+    templates do)."""
+    if not text:
+        return []
+    newline, ids = _encode(tokenizer, ["\n", "\n" + text], markup)
+    if ids[: len(newline)] == newline:
+        return ids[len(newline) :]
+    return _encode(tokenizer, [text], markup)[0]
+
+
+def special_token_pattern(tokenizer) -> re.Pattern:
+    """Matches the strings of `tokenizer`'s special tokens (those `split_special_tokens` keeps
+    as text), longest first."""
+    strings = sorted(
+        (t.content for t in tokenizer.added_tokens_decoder.values() if t.special),
+        key=len,
+        reverse=True,
+    )
+    return re.compile("|".join(map(re.escape, strings)) or "(?!)")  # (?!): matches nothing
 
 
 def _response_ends(tokenizer, n: int, append_eos: bool, ends) -> list[list[int]]:
@@ -112,7 +180,7 @@ def _response_ends(tokenizer, n: int, append_eos: bool, ends) -> list[list[int]]
         return [[]] * n
     if ends is not None:
         distinct = list(dict.fromkeys(ends))
-        by_text = dict(zip(distinct, _encode(tokenizer, distinct), strict=True))
+        by_text = dict(zip(distinct, _encode(tokenizer, distinct, markup=True), strict=True))
         return [by_text[text] for text in ends]
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:

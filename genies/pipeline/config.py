@@ -8,8 +8,9 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from genies.data.distributions import check_entry
+from genies.data import distributions
 from genies.errors import ConfigError
+from genies.models import sources
 from genies.pipeline import interventions
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
@@ -33,7 +34,10 @@ def load_schema() -> dict:
 
 
 def check_semantics(config: dict) -> None:
-    """Cross-field checks and defaults that depend on other keys.
+    """Cross-field checks and defaults that depend on other keys: the interventions'
+    parameters against their registry rows (`genies.pipeline.interventions.resolved_params`),
+    the model entries' keys against their sources' and a local model's directory
+    (`genies.models.sources.check_entry`).
 
     Raises ConfigError with a message that says what to change.
     """
@@ -54,12 +58,15 @@ def check_semantics(config: dict) -> None:
             f"run_models names {unknown} but the model registry (`models:`) only has "
             f"{sorted(config['models'])}; add a registry entry or fix the name"
         )
-    _check_interventions(config)
+    rows = _check_interventions(config)
+    used = {*config["run_models"], *(m for row in rows.values() for m in row.reads)}
+    for name, spec in config["models"].items():
+        sources.check_entry(name, spec, used=name in used)
     for name, spec in config["distributions"].items():
-        check_entry(name, spec)
+        distributions.check_entry(name, spec)
 
 
-def _check_interventions(config: dict) -> None:
+def _check_interventions(config: dict) -> dict:
     enabled = config["interventions"]
     if "zero_shot" not in enabled:
         raise ConfigError(
@@ -71,7 +78,8 @@ def _check_interventions(config: dict) -> None:
             f"capability_interventions names {missing}, which are not in `interventions`; "
             "enable them or remove them from capability_interventions"
         )
-    interventions.configured(config)  # reward models of the user's own: models, base
+    # every entry's parameters against its row's declarations; own reward models' models, base
+    return interventions.configured(config)
 
 
 def check_config(config: dict) -> None:

@@ -274,7 +274,8 @@ class Plan:
         return {}
 
     def params(self, intervention: str) -> dict:
-        """An intervention's registry defaults overridden by its config parameters."""
+        """An intervention's parameters: its row's defaults overridden by its config entry
+        (checked against the row's declarations with the config, before any job)."""
         return {**self.entries[intervention].defaults, **self.config["interventions"][intervention]}
 
     def cell_files(self, model: str, intervention: str, shift_id: str) -> list[str]:

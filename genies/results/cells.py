@@ -40,11 +40,10 @@ from functools import cached_property
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from genies.data.shifts import Shift
 from genies.errors import GeniesError
-from genies.io import write_json
+from genies.io import read_parquet, write_json
 from genies.pipeline.plan import BASELINE, NO_TRAIN, UNTRAINED, cell_inputs, prediction_path
 from genies.results import metrics
 from genies.results.database import connect
@@ -474,7 +473,7 @@ def write_cell(
     splits among `data_files` (their first `test_examples` examples) first. Raises
     IncompleteCellError naming the jobs to run when an input is missing.
     """
-    shifts = pq.read_table(shifts_file)
+    shifts = read_parquet(shifts_file, rule="shift_registry")
     wanted = shifts.filter(pc.equal(shifts.column("shift_id"), shift_id))
     if not wanted.num_rows:
         raise GeniesError(f"shift {shift_id!r} is not in {shifts_file}")

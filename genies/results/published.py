@@ -42,19 +42,17 @@ reference; no published code computes it).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from genies.data.materialise import load_split
 from genies.data.raw import RawData
 from genies.errors import ConfigError, DataError
-from genies.io import RunRecord, write_parquet
+from genies.io import RunRecord, read_json, read_parquet, write_parquet
 from genies.pipeline.plan import NO_TRAIN
 from genies.progress import ProgressLog
 
@@ -285,10 +283,7 @@ def import_published(folder, data_location, out_paths=None) -> dict:
             continue
         model, intervention, train, eval_dataset = key
         where = str(path)
-        try:
-            run = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(where, f"malformed JSON: {exc.msg} at line {exc.lineno}") from None
+        run = read_json(path)
         if not isinstance(run, dict):
             raise DataError(where, "expected a JSON object")
         if eval_dataset not in pairs_of:
@@ -355,7 +350,9 @@ def read_capabilities(folder, datasets) -> pa.Table:
     for model in MODELS:
         for path in sorted((Path(folder) / "target_tuned_capability" / model).glob("*.json")):
             where = str(path)
-            entry = json.loads(path.read_text())
+            entry = read_json(path)
+            if not isinstance(entry, dict):
+                raise DataError(where, "expected a JSON object")
             target = entry.get("target", path.stem)
             if target not in datasets:
                 continue
@@ -380,7 +377,11 @@ def read_imported(paths) -> dict[str, pa.Table]:
 
     if not isinstance(paths, dict):
         paths = {Path(p).stem: p for p in paths}
-    tables = {name: pq.read_table(paths[name]) for name in OUTPUTS if name != "predictions"}
+    tables = {
+        name: read_parquet(paths[name], rule="import_published")
+        for name in OUTPUTS
+        if name != "predictions"
+    }
     # Through read_predictions: a file written before a column was added gets its default.
     imported = {"predictions": read_predictions([paths["predictions"]]), **tables}
     check_imported(imported, paths["predictions"])

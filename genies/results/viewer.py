@@ -31,12 +31,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from genies.data.materialise import EXAMPLE_SCHEMA
 from genies.data.predictions import expand_pairs
 from genies.errors import GeniesError
-from genies.io import atomic_dir
+from genies.io import atomic_dir, read_parquet
 from genies.pipeline.interventions import BASELINE
 from genies.pipeline.plan import NO_TRAIN
 from genies.results.database import connect
@@ -133,7 +132,7 @@ class ExampleStore:
                     f"no data file for {dataset}/{split} among the viewer's inputs "
                     f"(expected results/data/{dataset}/{split}.parquet)"
                 )
-            self.tables[key] = pq.read_table(self.paths[key], columns=_EXAMPLE_COLUMNS)
+            self.tables[key] = read_parquet(self.paths[key], _EXAMPLE_COLUMNS, rule="materialise")
         return self.tables[key]
 
 

@@ -30,7 +30,6 @@ safetensors keyed by parameter name (`trainable_tensors` / `load_trainable`).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -43,8 +42,9 @@ import torch.nn.functional as F
 from genies.data.materialise import read_examples
 from genies.data.predictions import expand_pairs, pair_rows
 from genies.errors import GeniesError
-from genies.io import write_parquet
+from genies.io import read_json, write_parquet
 from genies.models.context import DEFAULT_POLICY, cut_to_length, fit_examples, max_positions
+from genies.models.layout import read_safetensors_header
 from genies.models.loading import load_model, model_layout, model_run
 from genies.models.memory import (
     Budget,
@@ -61,7 +61,7 @@ from genies.versions import check_versions
 log = logging.getLogger(__name__)
 
 METHODS = tuple(registry.of_family("tuned"))
-PROMPT_INITS = ("vocab", "random")
+PROMPT_INITS = registry.TRAINING_PARAMS["prompt_init"].choices
 WEIGHTS_FILE = "reward_model.safetensors"
 INFO_FILE = "reward_model.json"
 
@@ -354,12 +354,14 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> 
 def load_reward_model(adapter_dir, model_dir, device="auto", **placement):
     """A trained reward model from `adapter_dir` (written by `train_reward_model`).
 
-    Returns (model, loaded, info) with `info` the adapter's JSON record.
+    Returns (model, loaded, info) with `info` the adapter's JSON record. A truncated or corrupt
+    file raises an error naming it.
     """
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
-    info = json.loads((adapter_dir / INFO_FILE).read_text())
+    info = read_json(adapter_dir / INFO_FILE)
+    read_safetensors_header(adapter_dir / WEIGHTS_FILE)
     # The seed only draws initial weights, which the saved tensors replace.
     model, loaded = build_reward_model(
         model_dir, info["params"], seed=0, device=device, **placement

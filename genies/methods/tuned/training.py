@@ -113,33 +113,11 @@ from genies.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
-# The paper preset (appendix D.5/D.6, docs/fidelity.md): batch 32, 100 steps, lr 2e-4,
-# LoRA r 64 / alpha 16 / dropout 0.1 on q_proj and v_proj (peft's Llama default: None),
-# checkpoints every 25 steps, 4-bit base.
-DEFAULT_PARAMS = {
-    "steps": 100,
-    "batch_size": 32,
-    "micro_batch_size": None,  # pairs per forward (gradient accumulation); None: batch_size
-    "lr": 2e-4,
-    "max_grad_norm": 0.3,
-    "lora_r": 64,
-    "lora_alpha": 16,
-    "lora_dropout": 0.1,
-    "target_modules": None,  # None: peft's default for the architecture (Llama: q_proj, v_proj)
-    "num_virtual_tokens": 10,
-    "prompt_init": "vocab",  # "random": N(0, 1) as upstream
-    "max_train_examples": None,
-    "val_fraction": 0.1,
-    "checkpoint_every": 25,
-    "eval_batch_size": 32,  # sequences per forward in validation and prediction
-    "max_length": None,  # tokens per text; None: no limit
-    "dtype": "auto",
-    "quantization": None,  # "nf4": QLoRA / 4-bit base
-    "gradient_checkpointing": "auto",  # True, False, or "auto": when the memory plan needs it
-    "device": "auto",
-    "deterministic": True,  # CUDA: deterministic kernels, math attention (module docstring)
-    "log_every_s": 10.0,
-}
+# The parameters and their defaults, the paper preset (appendix D.5/D.6, docs/fidelity.md:
+# batch 32, 100 steps, lr 2e-4, LoRA r 64 / alpha 16 / dropout 0.1 on q_proj and v_proj,
+# peft's Llama default: None, checkpoints every 25 steps): the registry's TRAINING_PARAMS
+# (`genies.pipeline.interventions`), with their types and ranges.
+
 # What a checkpoint's state.json holds besides the optimizer's param groups.
 FRESH_STATE = {
     "step": 0,
@@ -160,31 +138,12 @@ class TrainingInterrupted(RewardModelError):
 
 
 def resolve_params(method: str, params: dict | None = None) -> dict:
-    """DEFAULT_PARAMS, then the method's defaults, then `params`; unknown keys are errors."""
+    """The method's registry defaults overridden by `params`, checked against their declared
+    types and ranges (`genies.pipeline.interventions.resolved_params`; unknown keys are errors)."""
     if method not in METHODS:
         raise RewardModelError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS) - {"method"})
-    if unknown:
-        raise RewardModelError(
-            f"unknown training params {unknown}; allowed: {', '.join(sorted(DEFAULT_PARAMS))}"
-        )
-    resolved = {**DEFAULT_PARAMS, **registry.get(method).defaults, **params, "method": method}
-    for key in ("steps", "batch_size", "checkpoint_every", "eval_batch_size", "micro_batch_size"):
-        value = resolved[key]
-        if not (isinstance(value, int) and value >= 1) and not (
-            key == "micro_batch_size" and value is None
-        ):
-            raise RewardModelError(f"training param {key} must be an integer >= 1")
-    if not 0 < resolved["val_fraction"] < 1:
-        raise RewardModelError("training param val_fraction must be between 0 and 1")
-    if resolved["max_length"] is not None and resolved["max_length"] < 2:
-        raise RewardModelError("training param max_length must be >= 2 (or null)")
-    if resolved["gradient_checkpointing"] not in (True, False, "auto"):
-        raise RewardModelError("training param gradient_checkpointing must be true, false or auto")
-    if not isinstance(resolved["deterministic"], bool):
-        raise RewardModelError("training param deterministic must be true or false")
-    return resolved
+    params = {k: v for k, v in (params or {}).items() if k != "method"}
+    return {**registry.resolved_params(method, params), "method": method}
 
 
 def math_attention(params: dict, device) -> bool:
