@@ -3,7 +3,9 @@ import gc
 import math
 import os
 import re
+import shutil
 import sys
+from pathlib import Path
 
 from snakemake.logging import logger
 
@@ -50,6 +52,39 @@ check_config(config)
 plan = Plan(config)
 if plan.data_missing:  # said first: without the data, only download_data can run
     logger.warning(missing_data_message(config["data_dir"], config["data_url"]))
+
+
+def remove_outputs_of_jobs_to_run():
+    """Delete, before any job starts, the earlier outputs of every job this run will run.
+
+    Snakemake deletes a job's outputs only just before the job runs, and records a failed
+    job's metadata as if it had completed (Snakemake 9: snakemake#3808): after a failed run, a
+    job that never ran (a job after the failed one in its SLURM bundle, or a job downstream of
+    it) would keep its earlier output under the new parameters, and the next run would take it
+    as up to date, with everything computed from it. With the outputs gone, the next run redoes
+    exactly what this one did not finish. Only a job that completes writes an output again, so
+    the SLURM profile's `keep-incomplete` can keep the outputs of a failed bundle's finished
+    jobs (docs/slurm.md, "Bundles"). Called on the submit host only (Snakemake starts the jobs
+    with --no-hooks), never for a dry run or --touch, which must find the outputs.
+    """
+    if workflow.touch:
+        return
+    removed = 0
+    for job in workflow.dag.needrun_jobs():
+        for output in map(Path, job.output):
+            if output.is_dir() and not output.is_symlink():
+                shutil.rmtree(output)
+            elif output.exists() or output.is_symlink():
+                output.unlink()
+            else:
+                continue
+            removed += 1
+    if removed:
+        logger.info(f"Removed {removed} earlier outputs of the jobs this run will run.")
+
+
+onstart:
+    remove_outputs_of_jobs_to_run()
 
 
 def _alternatives(names):
@@ -142,6 +177,9 @@ def gpu_job_resources(job):
         ),
         "runtime": by_model_size(*MODEL_JOB_MINUTES[job]),
         "attempt": lambda w, attempt: attempt,
+        # One slot per job of a SLURM bundle, one slot per bundle layer (profiles/slurm):
+        # bundled jobs run one after another, their time limits add up.
+        "bundle_slot": 1,
     }
     if os.environ.get(GPU_MODEL_ENV) or any(
         m.get("gpu_model") for m in config["models"].values()
@@ -151,6 +189,11 @@ def gpu_job_resources(job):
             GPU_MODEL_ENV, ""
         )
     return resources
+
+
+# Rule-level retries of the GPU rules: in the Snakemake that runs a SLURM allocation, a
+# failed job is retried there with the next attempt; elsewhere `--retries` decides.
+GPU_JOB_RETRIES = cluster.allocation_retries(os.environ)
 
 
 def prepare_model_mem_mb(wildcards, attempt):
