@@ -54,23 +54,26 @@ if plan.data_missing:  # said first: without the data, only download_data can ru
     logger.warning(missing_data_message(config["data_dir"], config["data_url"]))
 
 
-def remove_outputs_of_jobs_to_run():
-    """Delete, before any job starts, the earlier outputs of every job this run will run.
+def remove_outputs_of_jobs_to_submit():
+    """Delete, before a cluster run submits anything, the earlier outputs of every job it will
+    submit (the jobs of the submit host keep theirs: the database, tables and viewer stay
+    readable until they are rebuilt).
 
-    Snakemake deletes a job's outputs only just before the job runs, and records a failed
-    job's metadata as if it had completed (Snakemake 9: snakemake#3808): after a failed run, a
-    job that never ran (a job after the failed one in its SLURM bundle, or a job downstream of
-    it) would keep its earlier output under the new parameters, and the next run would take it
-    as up to date, with everything computed from it. With the outputs gone, the next run redoes
-    exactly what this one did not finish. Only a job that completes writes an output again, so
-    the SLURM profile's `keep-incomplete` can keep the outputs of a failed bundle's finished
-    jobs (docs/slurm.md, "Bundles"). Called on the submit host only (Snakemake starts the jobs
-    with --no-hooks), never for a dry run or --touch, which must find the outputs.
+    In a SLURM bundle that fails, Snakemake records every job as completed (Snakemake 9,
+    snakemake#3808), those that never ran included, and with the profile's `keep-incomplete`
+    keeps their outputs: a job that never ran would keep its output of an earlier run, taken as
+    up to date under the new parameters, and so would the jobs downstream of a failed one.
+    Deleted at the start, only what this run completes is there afterwards, and the next run
+    redoes the rest (docs/slurm.md, "Bundles"). Local runs (every job is local) delete
+    nothing here. Runs on the submit host only (Snakemake starts cluster jobs with
+    --no-hooks), never for a dry run or --touch, which must find the outputs.
     """
     if workflow.touch:
         return
     removed = 0
     for job in workflow.dag.needrun_jobs():
+        if job.is_local:
+            continue
         for output in map(Path, job.output):
             if output.is_dir() and not output.is_symlink():
                 shutil.rmtree(output)
@@ -80,11 +83,13 @@ def remove_outputs_of_jobs_to_run():
                 continue
             removed += 1
     if removed:
-        logger.info(f"Removed {removed} earlier outputs of the jobs this run will run.")
+        logger.info(
+            f"Removed {removed} earlier outputs of the jobs this run will submit."
+        )
 
 
 onstart:
-    remove_outputs_of_jobs_to_run()
+    remove_outputs_of_jobs_to_submit()
 
 
 def _alternatives(names):

@@ -96,9 +96,9 @@ def _key_values(block: str, field: str) -> dict:
 def planned_jobs(
     workdir: Path, env: dict, profile: bool = True, attempt: int = 1
 ) -> list[SimpleNamespace]:
-    """Rule, wildcards, resources and bundle (a number, None outside a bundle) of every job a
-    dry run (with `--profile slurm`) plans, as the `attempt`-th try of each job would ask for
-    them."""
+    """Rule, wildcards, resources, outputs and bundle (a number, None outside a bundle) of
+    every job a dry run (with `--profile slurm`) plans, as the `attempt`-th try of each job
+    would ask for them."""
     args = [*(["--profile", "slurm"] if profile else []), "--attempt", str(attempt)]
     cmd = snakemake_cmd(workdir, *args, "--dry-run")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -110,6 +110,7 @@ def planned_jobs(
             bundles += 1  # the jobs after it, indented, are in this bundle
             continue
         rule = re.match(r"(\s*)(?:local)?rule (\w+):", block)
+        outputs = re.search(r"^\s+output: (.+)$", block, re.M)
         if rule:
             jobs.append(
                 SimpleNamespace(
@@ -117,6 +118,7 @@ def planned_jobs(
                     wildcards=_key_values(block, "wildcards"),
                     resources=_key_values(block, "resources"),
                     bundle=bundles if rule.group(1) else None,
+                    outputs=outputs.group(1).split(", ") if outputs else [],
                 )
             )
     return jobs
@@ -405,12 +407,9 @@ def _option(line: str, pattern: str) -> int:
 
 
 def _outputs_planned(workdir: Path, env: dict) -> list[Path]:
-    """The outputs a dry run with the SLURM profile would write."""
-    cmd = snakemake_cmd(workdir, "--profile", "slurm", "--dry-run")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = re.findall(r"^\s+output: (.+)$", proc.stdout + proc.stderr, flags=re.M)
-    return [workdir / p for line in lines for p in line.split(", ")]
+    """The outputs of the jobs a dry run with the SLURM profile would submit."""
+    jobs = planned_jobs(workdir, env)
+    return [workdir / p for job in jobs if job.rule not in local_rules() for p in job.outputs]
 
 
 def _edit_test_split(data: Path, dataset: str) -> None:
