@@ -116,13 +116,14 @@ def cluster_comparison(root: Path) -> None:
         runs = {mode: run_mode(cluster, root, mode, config) for mode in MODES}
     finally:
         cluster.stop()
-    tables = {
-        mode: _tables(run["workdir"] / "results/results.duckdb") for mode, run in runs.items()
-    }
-    same = tables["unbundled"].keys() == tables["bundled"].keys() and all(
-        _close(tables["unbundled"][t][1], tables["bundled"][t][1]) for t in tables["bundled"]
+    tables = {m: _tables(run["workdir"] / "results/results.duckdb") for m, run in runs.items()}
+    unbundled, bundled = tables["unbundled"], tables["bundled"]
+    differ = sorted(
+        name
+        for name in unbundled.keys() | bundled.keys()
+        if not _close(unbundled.get(name), bundled.get(name))
     )
-    print(f"databases equal: {same}")
+    print(f"databases equal: {not differ}" + (f" (tables that differ: {differ})" if differ else ""))
     print(f"load avg after: {os.getloadavg()}")
 
 
