@@ -39,7 +39,7 @@ stimulus), from dry runs only:
 `--allocations` counts the SLURM GPU allocations per model at the paper preset from a dry run
 with `--profile slurm` (profiles/slurm/config.yaml): every bundle (a Snakemake group job) and
 every GPU job outside a bundle is one `sbatch`. The three run models stand in for the paper's
-7B, 13B and 30B (`tiny` entries with `params_b` 7, 13, 30: the time limits scale with it),
+7B, 13B and 30B (`tiny` entries with `params_b` 7, 13, 32.5: the time limits scale with it),
 for GENIES-15 and all 56 shifts; it prints each model's GPU jobs and allocations, and per group
 the bundles' sizes and summed time limits (first attempt):
 
@@ -308,7 +308,7 @@ def model_loads(data_dir: str, before: str) -> None:
 
 
 # The paper's model sizes (billions of parameters), as `tiny` stand-ins for --allocations.
-PAPER_SIZES = {"7b": 7, "13b": 13, "30b": 30}
+PAPER_SIZES = {"7b": 7, "13b": 13, "30b": 32.5}
 
 
 def slurm_allocations(workdir: Path) -> list[dict]:

@@ -89,7 +89,7 @@ if PUBLISHED:
         input:
             published=PUBLISHED,
             data=lambda w: sorted(
-                {plan.raw_input(d, "test") for d in plan.available_datasets}
+                {plan.raw_input(d, "test") for d in plan.genies_datasets}
             ),
         output:
             **published.OUTPUTS,

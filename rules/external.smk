@@ -1,6 +1,8 @@
 # Reward models of your own (docs/reward_models.md; genies.methods.own_reward_models). A sequence classifier
 # scores each dataset's test responses in one GPU job per (reward model, dataset): an edited
-# dataset reruns only its own job, and every intervention naming the classifier shares it. A
+# dataset reruns only its own job, and every intervention naming the classifier shares it. Like
+# the forward job it runs over the model's GPUs with batches from the memory plan, smaller on
+# each retry (model_job: gpus, memory, attempt). A
 # DPO policy's implicit reward comes from the forward jobs of the policy and its reference
 # (rules/forward.smk). CPU jobs make the pairs of each (base run model, intervention, dataset).
 from genies.pipeline.plan import REWARD_SCORES

@@ -3,6 +3,10 @@
 Torch threads: a module that sets `TORCH_THREADS = n` runs its tests with torch pinned to n
 threads (restored afterwards). Tiny models run fastest on one or two threads and stay fast
 on a busy machine, where torch's default (every core) makes them contend.
+
+Fake devices: a test that takes the `fake_devices` fixture gets tests/fakedev.py, whose pretend
+GPUs must be registered before the process's first backward pass (the autograd engine sizes its
+device queues then): that happens right after collection, before any test runs.
 """
 
 from __future__ import annotations
@@ -27,6 +31,24 @@ def torch_threads(request):
         yield threads
     finally:
         torch.set_num_threads(old)
+
+
+def pytest_collection_finish(session):
+    if any("fake_devices" in getattr(item, "fixturenames", ()) for item in session.items):
+        from . import fakedev
+
+        if not fakedev.MISSING:
+            fakedev.register()
+
+
+@pytest.fixture
+def fake_devices():
+    """tests/fakedev.py; skipped only where this PyTorch lacks the private APIs it uses."""
+    from . import fakedev
+
+    if fakedev.UNAVAILABLE:
+        pytest.skip(fakedev.UNAVAILABLE)
+    return fakedev
 
 
 @pytest.fixture

@@ -12,15 +12,18 @@ from genies.data.stimuli import CONTRAST_QUESTION, stimulus_turns, stimulus_unit
 from genies.errors import ConfigError
 from genies.forward.job import run_forward
 from genies.forward.scoring import score_naive, score_tokenized
+from genies.io import read_provenance
 from genies.methods.own_reward_models import write_dpo_predictions, write_reward_model_predictions
 from genies.methods.reward_classifier import (
+    ClassifierReward,
     classifier_rewards,
     classifier_tokens,
     load_classifier,
     write_reward_scores,
 )
-from genies.methods.tuned.reward_model import encode_examples
+from genies.methods.tuned.reward_model import RewardModelError, encode_examples
 from genies.models.loading import ModelError, load_model
+from genies.models.memory import ALLOCATOR_OVERHEAD, GIB, Budget, TrainingCosts, TrainingSetup
 from genies.models.prepare import prepare_model
 from genies.models.tiny import TINY_CHAT_TEMPLATE, build_tiny, train_tiny_tokenizer
 from genies.models.tokens import appended_tokens, tokenize_examples
@@ -265,7 +268,7 @@ def test_reward_model_predictions_from_its_scores(classifier, root):
     scores = root / "rm-scores.parquet"
     write_reward_scores(data_file=root / "tgt_b.test.parquet", model_dir=root / "rm",
                         out_path=scores, model_name="rm", dataset="tgt_b", limit=4,
-                        scoring=SCORING, threads=1)  # fmt: skip
+                        scoring=SCORING, job={"threads": 1})  # fmt: skip
     out = root / "rm-pred.parquet"
     write_reward_model_predictions(data_file=root / "tgt_b.test.parquet", scores_file=scores,
                                    out_path=out, model="tiny", intervention="my_rm",
@@ -302,6 +305,107 @@ def test_examples_beyond_the_context_follow_the_policy(classifier, root):
     np.testing.assert_allclose(kept, whole["reward"].to_numpy()[~over], rtol=1e-5, atol=1e-6)
     assert (cut["n_tokens"].to_numpy() <= limit).all()
     assert (cut["prompt_tokens_cut"].to_numpy()[over] > 0).all()
+
+
+# --------------------------------------------------------------------------- memory plan, GPUs
+
+
+def _count_calls(monkeypatch, oom_above: int | None = None) -> list[int]:
+    """Rows of every ClassifierReward call; with `oom_above`, larger calls run out of memory."""
+    rows, original = [], ClassifierReward.forward
+
+    def forward(self, input_ids, attention_mask):
+        rows.append(input_ids.shape[0])
+        if oom_above is not None and input_ids.shape[0] > oom_above:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+        return original(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(ClassifierReward, "forward", forward)
+    return rows
+
+
+def test_classifier_batches_follow_the_budget_and_back_off(classifier, root, monkeypatch):
+    model, loaded = classifier
+    examples = read_examples(root / "tgt_b.test.parquet")
+    kw = {"batch_tokens": 4096, "device": "cpu"}
+    rows = _count_calls(monkeypatch)
+    plain = classifier_rewards(model, loaded.tokenizer, examples, **kw)
+    assert max(rows) == 18  # every text in one call: no budget
+    # a budget that holds about 4 texts of the longest length per call
+    lengths = plain["n_tokens"].to_numpy()
+    costs = TrainingCosts(TrainingSetup.of(model, training=False))
+    budget = Budget(int(4 * costs.eval_row(int(lengths.max())) * ALLOCATOR_OVERHEAD["cpu"]))
+    rows.clear()
+    planned = classifier_rewards(model, loaded.tokenizer, examples, **kw, budget=budget)
+    assert 1 < max(rows) <= 5 and sum(rows) == 18
+    (note,) = [e for e in budget.events if e["kind"] == "reward scoring"]
+    assert 0 < note["planned_peak_bytes"] <= budget.usable
+    # out of memory above 3 texts per call: halved until they fit, recorded, same rewards
+    rows = _count_calls(monkeypatch, oom_above=3)
+    backed_off_budget = Budget(None)
+    backed_off = classifier_rewards(
+        model, loaded.tokenizer, examples, **kw, budget=backed_off_budget
+    )
+    backoffs = [e for e in backed_off_budget.events if e["kind"] == "backoff"]
+    assert [e["failed_rows"] for e in backoffs] == [18, 9, 4]
+    assert backoffs[-1]["eval_rows"] == 2
+    for table in (planned, backed_off):
+        np.testing.assert_allclose(table["reward"], plain["reward"], rtol=1e-5, atol=1e-6)
+
+
+def test_one_text_that_does_not_fit_fails_clearly(classifier, root, monkeypatch):
+    model, loaded = classifier
+    _count_calls(monkeypatch, oom_above=0)
+    examples = read_examples(root / "tgt_b.test.parquet")
+    with pytest.raises(RewardModelError, match="out of GPU memory while scoring tgt_b") as err:
+        classifier_rewards(model, loaded.tokenizer, examples, batch_tokens=512, device="cpu",
+                           label="tgt_b", budget=Budget(None))  # fmt: skip
+    assert "`gpus:`" in str(err.value)
+
+
+def test_reward_scores_job_takes_gpus_budget_and_attempt(classifier, root, monkeypatch):
+    """The job spreads the classifier over its GPUs (on CUDA), plans its calls from the
+    memory settings, halved on a retry, and records the plan."""
+    import genies.methods.reward_classifier as reward_classifier
+
+    asked = []
+    original = reward_classifier.load_model
+
+    def load_model(*args, **kwargs):
+        asked.append(kwargs["gpus"])
+        return original(*args, **{**kwargs, "gpus": 1})
+
+    monkeypatch.setattr(reward_classifier, "load_model", load_model)
+    rows = _count_calls(monkeypatch)
+    model, _ = classifier
+    costs = TrainingCosts(TrainingSetup.of(model, training=False))
+    budget_gb = 8 * costs.eval_row(40) * ALLOCATOR_OVERHEAD["cpu"] / GIB
+    outs = {}
+    for attempt in (1, 2):
+        rows.clear()
+        out = outs[attempt] = root / f"rm-scores-attempt{attempt}.parquet"
+        job = {"threads": 1, "gpus": 2, "memory": {"budget_gb": budget_gb}, "attempt": attempt}
+        write_reward_scores(data_file=root / "tgt_b.test.parquet", model_dir=root / "rm",
+                            out_path=out, model_name="rm", dataset="tgt_b",
+                            scoring={**SCORING, "batch_tokens": 4096}, job=job)  # fmt: skip
+        memory = read_provenance(out)["memory"]
+        assert memory["attempt"] == attempt
+        assert memory["budget_bytes"] == int(budget_gb * GIB) // 2 ** (attempt - 1)
+        (note,) = [e for e in memory["events"] if e["kind"] == "reward scoring"]
+        assert 0 < note["planned_peak_bytes"] <= memory["budget_bytes"] / ALLOCATOR_OVERHEAD["cpu"]
+        outs[attempt] = (out, max(rows))
+    assert asked == [1, 1]  # on the CPU one device, whatever the job's GPUs
+    assert outs[2][1] < outs[1][1]  # smaller calls on the retry
+    np.testing.assert_allclose(
+        pq.read_table(outs[2][0])["reward"], pq.read_table(outs[1][0])["reward"], rtol=1e-5
+    )
+    # on CUDA the job's GPUs reach the loader
+    monkeypatch.setattr(reward_classifier, "resolve_device", lambda d: torch.device("cuda"))
+    monkeypatch.setattr(reward_classifier.Budget, "resolve", lambda *a, **k: Budget(None))
+    write_reward_scores(data_file=root / "tgt_b.test.parquet", model_dir=root / "rm",
+                        out_path=root / "rm-cuda.parquet", model_name="rm", dataset="tgt_b",
+                        scoring=SCORING, job={"threads": 1, "gpus": 2})  # fmt: skip
+    assert asked[-1] == 2
 
 
 # --------------------------------------------------------------------------- DPO

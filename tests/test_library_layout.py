@@ -23,6 +23,9 @@ TORCH_FREE = (
     "genies.io",
     "genies.seeds",
     "genies.progress",
+    "genies.hub",
+    "genies.scratch",
+    "genies.versions",
     "genies.data.*",
     "genies.models.layout",
     "genies.models.tokens",
@@ -34,6 +37,8 @@ TORCH_FREE = (
 )
 CPU_ONLY_SCRIPTS = (
     "materialise",
+    "pin_distribution",
+    "materialise_distribution",
     "shift_registry",
     "download_data",
     "few_shot_prompts",

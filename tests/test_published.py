@@ -9,6 +9,7 @@ reproduce upstream's generalization_metrics CSVs.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import logging
 import math
@@ -379,7 +380,7 @@ def real_import(tmp_path_factory):
     sets = shift_sets(REAL_DATA)
     registry = shifts_table(sets["genies"], sets)
     cells = published.published_cells(tables, registry, n_resamples=20)
-    return tables, cells
+    return tables, cells, registry
 
 
 def _csv_rows():
@@ -490,3 +491,30 @@ def test_real_pairs_follow_our_pair_order(real_import):
     assert len(aligned) == 112
     assert spearman(aligned) > 0.4
     assert spearman(shifted) < spearman(aligned) - 0.3
+
+
+def _fidelity_check_module():
+    path = Path(__file__).resolve().parents[1] / "bench" / "check_paper_fidelity.py"
+    spec = importlib.util.spec_from_file_location("check_paper_fidelity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.published
+@real
+def test_the_fidelity_section_matches_the_published_runs(real_import):
+    # docs/fidelity.md, "Where the paper and its published data disagree": every figure is
+    # recomputed from the published runs, so the section cannot drift from the data.
+    check = _fidelity_check_module()
+    loaded = check.frames(*real_import)
+    expected = check.recompute(loaded, REAL_PUBLISHED, REAL_DATA)
+    doc = check.DEFAULT_DOC.read_text()
+
+    def subsets(paper):
+        return check.subset_rows(loaded, paper)
+
+    assert check.check(doc, expected, subsets) == []
+    drifted = doc.replace("| mms | 0.865 |", "| mms | 0.866 |", 1)
+    assert drifted != doc
+    assert check.check(drifted, expected, subsets)

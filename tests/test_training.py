@@ -158,6 +158,66 @@ def test_same_config_gives_identical_adapter_and_predictions(files, reference):
     assert _predict(files, files / "again", files / "again.parquet").equals(preds)
 
 
+def test_deterministic_training_is_math_attention_on_cuda_only():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    params = resolve_params("lora", {})
+    assert params["deterministic"] is True
+    assert training.math_attention(params, "cuda") and not training.math_attention(params, "cpu")
+    assert not training.math_attention({**params, "deterministic": False}, "cuda")
+    with pytest.raises(RewardModelError, match="deterministic must be true or false"):
+        resolve_params("lora", {"deterministic": "yes"})
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # a caller's setting is what the CPU keeps
+        with training.training_kernels(params, "cpu"):
+            assert torch.backends.cuda.flash_sdp_enabled()
+        with training.training_kernels(params, "cuda"):
+            assert torch.backends.cuda.math_sdp_enabled()
+            assert not torch.backends.cuda.flash_sdp_enabled()
+            assert not torch.backends.cuda.mem_efficient_sdp_enabled()
+
+
+def test_deterministic_cuda_setup_comes_before_cuda(monkeypatch):
+    params = resolve_params("lora", {})
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    training.prepare_determinism(params, "cpu")
+    assert (
+        "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        and not torch.are_deterministic_algorithms_enabled()
+    )
+    try:
+        training.prepare_determinism(params, "cuda")
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_the_whole_training_loop_runs_in_the_math_kernel(files, reference, monkeypatch):
+    """With math attention forced (as on CUDA), a training with gradient checkpointing (whose
+    backward recomputes each layer: outside the kernel context it raises CheckpointError)
+    plans the attention matrices and trains the model of the fused kernel, to rounding."""
+    kernels = []
+    original = training.train_step
+
+    def train_step(*args, **kwargs):
+        kernels.append(torch.backends.cuda.math_sdp_enabled()
+                       and not torch.backends.cuda.flash_sdp_enabled())  # fmt: skip
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "math_attention", lambda params, device: True)
+    monkeypatch.setattr(training, "prepare_determinism", lambda params, device: None)
+    monkeypatch.setattr(training, "train_step", train_step)
+    params = {**LORA, "gradient_checkpointing": True}
+    info = _train(files, files / "math", params=params)
+    assert kernels == [True] * LORA["steps"]
+    assert info["memory"]["plan"]["math_attention"] and info["memory"]["plan"]["checkpointing"]
+    monkeypatch.undo()
+    fused = _train(files, files / "fused-checkpointed", params=params)
+    np.testing.assert_allclose(info["train_loss"], fused["train_loss"], rtol=1e-5)
+    assert not fused["memory"]["plan"]["math_attention"]
+
+
 def test_seeded_split_pairs_and_order():
     table = examples_table("fx", "train", make_examples(30, 4, 5))
     train, val = split_rows(30, 0.2, seed=0, dataset="fx")

@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import duckdb
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,3 +80,14 @@ def planned_outputs(workdir: Path, *targets: str, extra=()) -> list[str]:
     proc = snakemake(workdir, "--dry-run", *(targets or ("genies_table",)), *extra)
     lines = re.findall(r"^\s+output: (.+)$", proc.stdout + proc.stderr, flags=re.M)
     return [path for line in lines for path in line.split(", ")]
+
+
+def query(workdir: Path, sql: str) -> list[dict]:
+    """The rows of a query of the workflow's results.duckdb, as dicts."""
+    con = duckdb.connect(str(workdir / "results/results.duckdb"), read_only=True)
+    try:
+        cursor = con.execute(sql)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    finally:
+        con.close()

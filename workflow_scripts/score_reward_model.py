@@ -1,7 +1,7 @@
 """Snakemake entry point: a sequence-classification reward model's rewards of one dataset."""
 
 from genies.methods.reward_classifier import write_reward_scores
-from genies.pipeline.jobs import log_file_of, setup_logging
+from genies.pipeline.jobs import log_file_of, model_job, setup_logging
 
 setup_logging(log_file_of(snakemake))
 write_reward_scores(
@@ -12,6 +12,5 @@ write_reward_scores(
     dataset=snakemake.wildcards.dataset,
     limit=snakemake.params.limit,
     scoring=snakemake.params.scoring,
-    context_policy=snakemake.params.context_policy,
-    threads=snakemake.threads,
+    job=model_job(snakemake),
 )

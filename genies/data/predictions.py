@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from genies.io import RunRecord, models_of
+
 PREDICTION_SCHEMA = pa.schema(
     [
         ("model", pa.string()),
@@ -36,6 +38,19 @@ PREDICTION_SCHEMA = pa.schema(
 )
 # What the context columns hold when a writer (or an older file) does not say.
 CONTEXT_DEFAULTS = {"prompt_tokens_cut": 0, "skipped": False}
+
+
+def prediction_run(model, intervention, train, eval_dataset, *inputs) -> RunRecord:
+    """The provenance record of a predict job that reads the model outputs `inputs` (Parquet
+    files of jobs that ran the model): it names the prepared models they came from."""
+    return RunRecord(
+        "predict",
+        model=model,
+        intervention=intervention,
+        train=train,
+        eval=eval_dataset,
+        models=models_of(*inputs),
+    )
 
 
 def expand_pairs(examples: pa.Table) -> dict[str, np.ndarray]:

@@ -48,10 +48,13 @@ Prefix reuse (:func:`score_tokenized`)
       ``Lp + Lr``) and ``position_ids = prompt_len + arange(Lr)``. No
       ``cache_position`` is passed: transformers 5 models (Llama, GPT-NeoX, ...) derive
       everything from ``position_ids``, the 2-D mask and the cache length.
-    * Logits on padding are not computed when the model's ``forward`` accepts
-      ``logits_to_keep`` (transformers 5 models take a boolean ``[R, Lr]`` mask and
-      return only the kept positions, flattened); otherwise full logits are computed and
-      indexed.
+    * Logits on padding are not computed: for a model whose ``forward`` takes
+      ``logits_to_keep`` (a transformers causal LM), a forward pre-hook on its output
+      embeddings (``_keep_rows``) hands the LM head only the hidden states of the kept
+      positions, selected with a mask moved to the device those hidden states are on (with
+      a device map, the last one; accelerate would move a mask passed as an argument to the
+      first). No boolean ``logits_to_keep`` is passed. Other models compute full logits,
+      which are indexed.
     * Log-probabilities: logits are cast to float32 in row chunks (at most
       ``_LOGIT_CHUNK_ELEMENTS`` float32 values at a time: small on a CPU, where the chunk
       must stay in cache) and the target's log-softmax is taken with one fused
@@ -371,6 +374,40 @@ def _restore_order(
 _no_capture = contextlib.nullcontext
 
 
+@contextlib.contextmanager
+def _keep_rows(model, keep: torch.Tensor):
+    """The LM head computes logits only at the `keep` positions of the next forward call.
+
+    The mask is applied where the hidden states are: with a device map the final norm (and so
+    the LM head's input) sits on the map's last device, while the model's top-level accelerate
+    hook moves every tensor argument, a boolean ``logits_to_keep`` included, to its first
+    device; indexing a tensor with a mask on another device fails. Without an output
+    embedding module the full logits are computed (and indexed by the caller).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield
+        return
+    masks: dict[torch.device, torch.Tensor] = {}
+
+    def select(module, args):
+        h = args[0]
+        if h.dim() != 3 or h.shape[:2] != keep.shape:
+            raise RuntimeError(
+                f"{type(model).__name__}'s output embeddings got a {tuple(h.shape)} input, "
+                f"expected the [rows, positions] = {tuple(keep.shape)} hidden states"
+            )
+        if h.device not in masks:
+            masks[h.device] = keep.to(h.device)
+        return (h[masks[h.device]], *args[1:])
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _score_batch(
     model,
     prompts: list[Sequence[int]],
@@ -483,20 +520,21 @@ def _score_batch(
             keep[torch.arange(len(rows), device=device), last_pos] = False
             back = np.asarray(read_offsets if read_offsets is not None else [0] * b)[row_ex[rows]]
             read_pos = torch.from_numpy(np.maximum(rlens[rows] - 1 - back, 0)).to(device)
-        kw = {"logits_to_keep": keep} if keep_ok else {}
         meter.response_call(b, lp, len(rows), lr)
-        with capture.capture(out_rows[rows], read_pos) if capture is not None else _no_capture():
+        with (
+            capture.capture(out_rows[rows], read_pos) if capture is not None else _no_capture(),
+            _keep_rows(model, keep) if keep_ok else _no_capture(),
+        ):
             out = model(
                 input_ids=torch.from_numpy(ids2).to(device),
                 attention_mask=torch.cat([mask_t[ex_t], mask2_t], dim=1),
                 position_ids=plen_all[ex_t][:, None] + torch.arange(lr, device=device)[None, :],
                 **{cache_name: _select_cache(cache, ex_t)},
                 use_cache=True,
-                **kw,
             )
         logits = out.logits.to(device)
         del out
-        if logits.dim() == 3:  # the model did not take the boolean logits_to_keep
+        if logits.dim() == 3:  # the LM head saw every position
             logits = logits[keep]
         g_rows, g_cols = keep.nonzero(as_tuple=True)
         if len(g_rows):

@@ -25,7 +25,11 @@ intermediate i, vocabulary V; b bytes per element):
   temporaries, and with gradient checkpointing only each layer's input plus one recomputed
   layer; the trainable parameters' gradients and AdamW state (16 bytes per parameter).
   A 4-bit base runs its activations in float32 (peft's k-bit preparation upcasts the
-  unquantised weights); bf16 autocast then halves the attention and LoRA inputs.
+  unquantised weights); bf16 autocast then halves the attention and LoRA inputs. Under the
+  math attention kernel (deterministic training on CUDA, `genies.methods.tuned.training`)
+  each layer also keeps its attention probabilities ``[heads, L, L]`` per sequence and
+  float32 copies of q, k and v (the kernel computes in float32), and a no-grad call holds
+  two float32 ``[heads, L, L]`` matrices of one layer at a time.
 
 Plans. The scorer gets one ``batch_tokens`` (`ScoringCosts.batch_tokens`): the prompt pass,
 its k cache copies and a response call of that many positions must fit. Training gets
@@ -50,7 +54,7 @@ import numpy as np
 import torch
 
 from genies.errors import GeniesError
-from genies.models.layout import NF4_BYTES, decoder_layers, model_layout
+from genies.models.layout import decoder_layers, loaded_bytes, model_layout
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,11 @@ class Shape:
             gated_mlp=getattr(config, "model_type", "llama") not in UNGATED_MLP,
         )
 
+    def layout(self) -> dict:
+        """The shape as `genies.models.layout.model_layout` gives a model's."""
+        keys = ("num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size")
+        return {key: getattr(self, key) for key in keys}
+
     def kv_bytes(self, b: float) -> float:
         """KV cache bytes per position."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * b
@@ -131,14 +140,11 @@ class Shape:
         return self.num_layers * layer + embeddings + h
 
     def weight_bytes(self, b: float, quantization: str | None = None) -> int:
-        """Loaded weight bytes (Llama layout). NF4 (`genies.models.layout.NF4_BYTES`) for the
-        decoder blocks' linear layers; the rest then in float32, as k-bit preparation leaves it."""
+        """Loaded weight bytes (Llama layout), by `genies.models.layout.loaded_bytes`: with NF4
+        the decoder blocks' linear layers are 4-bit, the rest float32 (k-bit preparation)."""
         h = self.hidden_size
         rest = 2 * self.vocab_size * h + (2 * self.num_layers + 1) * h
-        blocks = self.parameters() - rest
-        if quantization == "nf4":
-            return int(blocks * NF4_BYTES + rest * 4)
-        return int(self.parameters() * b)
+        return loaded_bytes(self.parameters() - rest, rest, b, quantization)
 
     def layer_temporaries(self, b: float) -> float:
         """Bytes per position of the largest set of tensors alive inside one layer (no grad)."""
@@ -396,10 +402,12 @@ class TrainingSetup:
     lora_dropout: float = 0.0
     virtual_tokens: int = 0
     trainable: int = 0  # trainable parameters whose gradients and AdamW state are held
+    math_attention: bool = False  # the math SDPA kernel (deterministic training on CUDA)
 
     @classmethod
-    def of(cls, model, training: bool = True) -> TrainingSetup:
-        """The setup of a built `genies.methods.tuned.reward_model.RewardModel`."""
+    def of(cls, model, training: bool = True, math_attention: bool = False) -> TrainingSetup:
+        """The setup of a built `genies.methods.tuned.reward_model.RewardModel` (or of a
+        `genies.methods.reward_classifier.ClassifierReward`, which offers the same attributes)."""
         inputs, rank, dropout = [], 0, 0.0
         for module in decoder_layers(model.lm)[0].modules():
             if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict):
@@ -419,6 +427,7 @@ class TrainingSetup:
             trainable=sum(p.numel() for p in model.parameters() if p.requires_grad)
             if training
             else 0,
+            math_attention=math_attention,
         )
 
 
@@ -438,19 +447,28 @@ class TrainingCosts:
             for d in setup.lora_inputs
         )
         h, heads = s.hidden_size, s.num_heads
-        # per token of one layer, without the mask (which grows with the width)
+        if setup.math_attention:
+            # the math kernel saves float32 copies of q and k (scaled) and of v, and per key
+            # the float32 attention probabilities (instead of the float mask)
+            attention = 3 * heads * s.head_dim * 4
+            self.per_key = 4 * heads
+        else:
+            # the fused kernels save q, the repeated k and v, the output and the log-sum-exp,
+            # and per key the float mask
+            attention = 4 * heads * s.head_dim * self.b_attn + 4 * heads
+            self.per_key = self.b_attn
+        # per token of one layer, without what grows with the width
         self.layer_linear = (
             2 * (4 * h + 4)  # the two norms keep their float32 input and rsqrt
-            + 4 * heads * s.head_dim * self.b_attn  # q, repeated k and v, attention output
-            + 4 * heads  # log-sum-exp
+            + attention
             + (3 if s.gated_mlp else 1) * s.intermediate_size * self.b_act
             + lora
         )
         self.fixed = TRAINABLE_STATE_BYTES * setup.trainable
 
     def layer(self, width: int) -> float:
-        """Saved bytes per token of one layer at padded `width` (with its float mask)."""
-        return self.layer_linear + width * self.b_attn
+        """Saved bytes per token of one layer at padded `width`."""
+        return self.layer_linear + width * self.per_key
 
     def train_row(self, width: int, checkpointing: bool) -> float:
         """Peak bytes of one sequence of `width` (virtual tokens added) in a training step."""
@@ -473,6 +491,8 @@ class TrainingCosts:
             + w * (1 + self.b_attn)
             + 2 * s.hidden_size * self.b_act
         )
+        if self.setup.math_attention:  # float32 q, k, v, scores and probabilities of a layer
+            per_token += 3 * s.num_heads * s.head_dim * 4 + w * 8 * s.num_heads
         return w * per_token
 
 
@@ -527,10 +547,20 @@ class RewardModelPlan:
         return cls(None, unlimited(), pairs, 1, checkpointing=False)
 
     @classmethod
-    def of(cls, model, budget: Budget, params: dict, longest_pair: int = 0, training=True):
+    def of(
+        cls,
+        model,
+        budget: Budget,
+        params: dict,
+        longest_pair: int = 0,
+        training=True,
+        math_attention: bool = False,
+    ):
         """The plan of reward model `model` under `budget` with resolved training `params`
-        (`genies.methods.tuned.training.resolve_params`); `training=False`: prediction only."""
-        costs = TrainingCosts(TrainingSetup.of(model, training))
+        (`genies.methods.tuned.training.resolve_params`); `training=False`: prediction only;
+        `math_attention`: attention runs in the math SDPA kernel
+        (`genies.methods.tuned.training.math_attention`)."""
+        costs = TrainingCosts(TrainingSetup.of(model, training, math_attention))
         checkpointing = params["gradient_checkpointing"] if training else False
         max_pairs = params["micro_batch_size"] or params["batch_size"]
         return cls(costs, budget, max_pairs, params["eval_batch_size"], checkpointing, longest_pair)
@@ -616,6 +646,7 @@ class RewardModelPlan:
         return {
             **self.limits(),
             "autocast": bool(setup and setup.autocast),
+            "math_attention": bool(setup and setup.math_attention),
             "trainable_state_bytes": self.costs.fixed if self.costs is not None else 0,
             "backoffs": self.backoffs,
         }

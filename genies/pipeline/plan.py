@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
+from genies.data.distributions import input_files, source_of
 from genies.data.download import missing_data_message
 from genies.data.raw import RawData, split_path
 from genies.data.shifts import Shift, datasets_of, load_shifts, shift_sets
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # Path templates: the rules and the aggregation both read them from here.
 DATA = "results/data/{dataset}/{split}.parquet"
+# What a distribution of the user's own reads: its Hub commit or its files' sha256.
+DISTRIBUTION_PIN = "results/data/{dataset}/source.json"
 # Where `snakemake download_data` puts the upstream archive when `data_dir` is missing.
 DOWNLOADED_DATA = "resources/genies-datasets.tar"
 SHIFTS = "results/shifts.parquet"
@@ -138,7 +141,8 @@ class Plan:
         return []
 
     @cached_property
-    def available_datasets(self) -> list[str]:
+    def genies_datasets(self) -> list[str]:
+        """The datasets of the GENIES data (`data_dir`)."""
         if self.data_missing:
             return []
         names = self.raw.datasets()
@@ -148,6 +152,24 @@ class Plan:
                 "distributions/<dataset>/train.json and test.json"
             )
         return names
+
+    @property
+    def distributions(self) -> dict[str, dict]:
+        """The user's own distributions (`distributions:`), name -> entry."""
+        return self.config.get("distributions") or {}
+
+    @cached_property
+    def available_datasets(self) -> list[str]:
+        """Every dataset a shift may name: the GENIES ones and the user's own distributions."""
+        if self.data_missing:
+            return []
+        clash = sorted(set(self.distributions) & set(self.genies_datasets))
+        if clash:
+            raise ConfigError(
+                f"distributions: {', '.join(clash)} is the name of a GENIES dataset; give your "
+                "distribution another name (it cannot replace a GENIES dataset)"
+            )
+        return sorted([*self.genies_datasets, *self.distributions])
 
     @cached_property
     def shifts(self) -> list[Shift]:
@@ -171,6 +193,14 @@ class Plan:
 
     def raw_input(self, dataset: str, split: str) -> str:
         return str(self.raw.local_path(split_path(dataset, split)))
+
+    def distribution_files(self, dataset: str) -> list[str]:
+        """The local files a distribution of the user's own reads (none for a Hub dataset)."""
+        return input_files(self.distributions[dataset])
+
+    def distribution_source(self, dataset: str) -> dict:
+        """The part of a distribution's entry that its pin depends on (`source_of`)."""
+        return source_of(self.distributions[dataset])
 
     def data_file(self, dataset: str, split: str) -> str:
         return DATA.format(dataset=dataset, split=split)

@@ -45,7 +45,7 @@ TABLE_HEADINGS = {
     "avg_differential_elicitation": "avg DE",
     "avg_differential_elicitation_interval": "avg DE 95% interval",
     "capable_differential_elicitation": "capable DE",
-    "avg_rms_calibration_error": "RMS calib. err.",
+    "avg_rms_calibration_error": "RMS calib. err. (standard)",
     "avg_rms_calibration_error_genies": "RMS calib. err. (genies)",
     "avg_id_target_accuracy": "avg ID target acc.",
     "extreme_avg_differential_elicitation": "extreme avg DE",
@@ -220,7 +220,10 @@ def _table_markdown(model: str, table: pd.DataFrame, cells: pd.DataFrame) -> str
         "A number followed by (k/n) averages only the k shifts of its set of n that this run "
         "covers: a partial mean, not the paper's column. The 95% interval of avg DE is a paired "
         "bootstrap over prompts (zero-shot baseline and capability resampled with it); "
-        f"{model}.comparisons.md compares the interventions.\n"
+        f"{model}.comparisons.md compares the interventions. RMS calib. err. (genies) is the "
+        "published code's variant, the one comparable with the paper's Table 5; (standard) is "
+        "the binned calibration error with each pair's outcome, which the paper does not "
+        "report (docs/fidelity.md).\n"
     )
     incomplete = cells[~cells["complete"].astype(bool)] if len(cells) else cells
     if len(incomplete):

@@ -12,8 +12,18 @@ epoch, the fresh weights and the dropout masks of each step are seeded from (con
 name, purpose). The data order is a pure function of the step (step s uses pairs (s-1)*B .. s*B-1 of
 the concatenated epoch orders) and torch's RNG is re-seeded before every step, so a resumed run
 needs no saved RNG state: restoring the trainable tensors, the optimizer and the step reproduces the
-uninterrupted run exactly (bit for bit on the same machine and thread count; on CUDA deterministic
-algorithms are switched on).
+uninterrupted run exactly (bit for bit on the same machine and thread count).
+
+Determinism on CUDA (``deterministic: true``, the default; `training_kernels`). PyTorch's
+deterministic algorithms are switched on (warning, not failing, where an op has no deterministic
+implementation), cuBLAS gets a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, set before the first
+CUDA call), and the whole training loop (forward, backward, validation) runs attention with the
+math SDPA kernel: the flash and memory-efficient kernels' backward passes are not deterministic.
+The math kernel materialises each layer's attention matrix ``[batch, heads, L, L]`` (float32 for
+bf16 inputs), which the memory plan counts (`genies.models.memory.TrainingCosts`). On the CPU
+nothing changes (its attention is deterministic, and the math kernel would change gradients by
+rounding). ``deterministic: false`` keeps the faster kernels on CUDA, and a resumed run then
+matches an uninterrupted one only up to float rounding.
 
 Optimisation (as upstream): AdamW, constant learning rate, no weight decay, gradient norm
 clipped to `max_grad_norm` (0.3). Each step draws `batch_size` pairs; chosen and rejected
@@ -47,6 +57,7 @@ sizes, timings, provenance); `genies.methods.tuned.reward_model.load_reward_mode
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -63,7 +74,7 @@ from safetensors.torch import load_file
 
 from genies.data.materialise import read_examples
 from genies.data.predictions import expand_pairs
-from genies.io import RunRecord, atomic_dir, link_or_copy, write_json
+from genies.io import atomic_dir, link_or_copy, write_json
 from genies.methods.tuned.checkpoints import (
     finish_work_dir,
     latest_checkpoint,
@@ -88,7 +99,7 @@ from genies.methods.tuned.reward_model import (
     preference_loss,
 )
 from genies.methods.tuned.training_data import PairOrder, choose_pairs, split_rows
-from genies.models.loading import MODEL_INFO_FILE, resolve_device, resolve_model_dir
+from genies.models.loading import MODEL_INFO_FILE, model_run, resolve_device, resolve_model_dir
 from genies.models.memory import (
     CHECKPOINTING_ON,
     Budget,
@@ -126,6 +137,7 @@ DEFAULT_PARAMS = {
     "quantization": None,  # "nf4": QLoRA / 4-bit base
     "gradient_checkpointing": "auto",  # True, False, or "auto": when the memory plan needs it
     "device": "auto",
+    "deterministic": True,  # CUDA: deterministic kernels, math attention (module docstring)
     "log_every_s": 10.0,
 }
 # What a checkpoint's state.json holds besides the optimizer's param groups.
@@ -170,7 +182,39 @@ def resolve_params(method: str, params: dict | None = None) -> dict:
         raise RewardModelError("training param max_length must be >= 2 (or null)")
     if resolved["gradient_checkpointing"] not in (True, False, "auto"):
         raise RewardModelError("training param gradient_checkpointing must be true, false or auto")
+    if not isinstance(resolved["deterministic"], bool):
+        raise RewardModelError("training param deterministic must be true or false")
     return resolved
+
+
+def math_attention(params: dict, device) -> bool:
+    """Whether training runs attention with the math SDPA kernel: deterministic, on CUDA."""
+    return bool(params["deterministic"]) and torch.device(device).type == "cuda"
+
+
+def prepare_determinism(params: dict, device) -> None:
+    """Before the model is loaded: deterministic algorithms and cuBLAS's fixed workspace for
+    deterministic training on CUDA (nothing on the CPU)."""
+    if not math_attention(params, device):
+        return
+    if torch.cuda.is_initialized() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        log.warning(
+            "CUDA was initialised before CUBLAS_WORKSPACE_CONFIG was set: cuBLAS calls made "
+            "with an existing handle may not be deterministic"
+        )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def training_kernels(params: dict, device) -> contextlib.AbstractContextManager:
+    """The context a training loop (forward, backward, validation) runs in: the math SDPA
+    kernel for deterministic training on CUDA, else nothing. A checkpointed layer recomputes
+    its forward in the backward pass, so the backward must run inside it too."""
+    if not math_attention(params, device):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def train_step(
@@ -223,7 +267,13 @@ def memory_plan(model, params: dict, budget: Budget, pairs) -> RewardModelPlan:
     """The micro-batches and no-grad groups of training `model` on `pairs` under `budget`;
     turns on gradient checkpointing when the plan needs it, and notes the plan."""
     widths = sorted((max(len(c), len(r)) for c, r in pairs), reverse=True)
-    plan = RewardModelPlan.of(model, budget, params, longest_pair=widths[0] if widths else 0)
+    plan = RewardModelPlan.of(
+        model,
+        budget,
+        params,
+        longest_pair=widths[0] if widths else 0,
+        math_attention=math_attention(params, budget.device),
+    )
     if plan.checkpointing:
         enable_checkpointing(model.lm)
     # the planned peak of the step that draws the longest pairs
@@ -301,13 +351,11 @@ def fit_reward_model(
     if threads:
         torch.set_num_threads(threads)
     params = resolve_params(method, params)
-    run = RunRecord("tune", model=model_name, method=method, seed=seed)
+    run = model_run("tune", model_name, model_dir, method=method, seed=seed)
     examples = read_examples(train_file, params["max_train_examples"])
     dataset = dataset or examples.column("example_id")[0].as_py().split("/")[0]
     work_dir = Path(work_dir) if work_dir else default_work_dir(out_dir)
-    if resolve_device(params["device"]).type == "cuda":  # so a resumed run matches a clean one
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first matmul
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    prepare_determinism(params, resolve_device(params["device"]))  # before CUDA is used
 
     t_load = time.time()
     init_seed = derive_seed(seed, dataset, "init")
@@ -352,7 +400,7 @@ def fit_reward_model(
         f"batch through gradient accumulation, or lower `max_length` (now {params['max_length']})."
     )
     pad_id, device = pad_id_of(loaded.tokenizer), loaded.device
-    with _StopRequest() as stop:
+    with _StopRequest() as stop, training_kernels(params, device):
         for step in range(state["step"] + 1, params["steps"] + 1):
             t0 = time.time()
             torch.manual_seed(derive_seed(seed, dataset, "step", step))  # dropout masks
