@@ -48,6 +48,7 @@ CPU_ONLY_SCRIPTS = (
     "predict_dpo",
     "import_published",
     "aggregate",
+    "publish_database",
     "cell",
     "report_tables",
     "viewer",

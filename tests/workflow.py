@@ -13,6 +13,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+#: The jobs a change of any result reruns besides its own: the aggregation and what reads it.
+DOWNSTREAM = Counter(aggregate=1, publish_database=1, report_tables=1, viewer=1, genies_table=1)
 
 
 def write_config(workdir: Path, config: dict) -> Path:

@@ -5,7 +5,7 @@ from genies.results.report import write_reports
 
 setup_logging(log_file_of(snakemake))
 write_reports(
-    snakemake.input[0],
+    snakemake.input.database,
     snakemake.wildcards.model,
     dict(snakemake.output.items()),
 )

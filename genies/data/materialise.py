@@ -14,13 +14,14 @@ import json
 import logging
 import numbers
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genies.data.raw import RawData, split_path
 from genies.errors import DataError
-from genies.io import RunRecord, write_parquet
+from genies.io import RunRecord, read_provenance, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -250,3 +251,10 @@ def read_examples(path, limit: int | None = None) -> pa.Table:
     """Read a materialised split, keeping the first `limit` examples (None = all)."""
     table = pq.read_table(path)
     return table if limit is None else table.slice(0, limit)
+
+
+def split_of(path) -> tuple[str, str]:
+    """(dataset, split) of a materialised file: from its provenance, else from its path
+    (`results/data/<dataset>/<split>.parquet`)."""
+    prov = read_provenance(path)
+    return prov.get("dataset", Path(path).parent.name), prov.get("split", Path(path).stem)

@@ -46,7 +46,11 @@ ADAPTER = "results/tune/{model}/{intervention}/{train}"
 PREDICTION = "results/predictions/{model}/{intervention}/{train}/{eval}.parquet"
 # A trained reward model's job predicts every dataset it is evaluated on, into one file.
 TUNED_PREDICTIONS = "results/predictions/{model}/{intervention}/{train}.parquet"
+# The database users open; a copy of BUILT_DATABASE swapped in by rule publish_database
+# (genies.results.database), so that it is there, whole, while the next one is built.
 DATABASE = "results/results.duckdb"
+# The aggregation's output, which the jobs read (report_tables, viewer); never open it yourself.
+BUILT_DATABASE = "results/database/results.duckdb"
 VIEWER = "results/viewer/{model}"  # the per-example HTML viewer of a model (genies.results.viewer)
 CELL = "results/cells/{model}/{intervention}/{shift}.json"  # the single-cell target
 
@@ -275,6 +279,10 @@ class Plan:
 
     def cell_files(self, model: str, intervention: str, shift_id: str) -> list[str]:
         """The prediction files one cell reads (the inputs of its single-cell target)."""
+        return [f["path"] for f in self.cell_expectations(model, intervention, shift_id)]
+
+    def cell_expectations(self, model: str, intervention: str, shift_id: str) -> list[dict]:
+        """`expectations` of the prediction files one cell reads."""
         shift = next(s for s in self.shifts if s.shift_id == shift_id)
         inputs = cell_inputs(
             model,
@@ -283,19 +291,48 @@ class Plan:
             capability_interventions=self.config["capability_interventions"],
             untrained=self.untrained,
         )
-        keys = [key for keys in inputs.values() for key in keys]
-        return list(dict.fromkeys(prediction_path(*key) for key in keys))
+        return self._expectations(key for keys in inputs.values() for key in keys)
 
     def prediction_files(self) -> list[str]:
-        return list(
-            dict.fromkeys(
-                prediction_path(m, i, t, e)
-                for m in self.models
-                for i in self.interventions
-                if m in self.models_of(i)
-                for t, e in self.train_eval_pairs(i)
-            )
+        return [f["path"] for f in self.expectations()]
+
+    def expectations(self) -> list[dict]:
+        """What every prediction file must hold: its path, the rule that writes it and its
+        (model, intervention, train, eval) groups, each of which must hold exactly the pairs
+        of its eval split (`genies.results.verify.PredictionFile`)."""
+        return self._all_expectations
+
+    @cached_property
+    def _all_expectations(self) -> list[dict]:
+        return self._expectations(
+            (m, i, t, e)
+            for m in self.models
+            for i in self.interventions
+            if m in self.models_of(i)
+            for t, e in self.train_eval_pairs(i)
         )
+
+    def _expectations(self, keys) -> list[dict]:
+        files: dict[str, dict] = {}
+        for key in keys:
+            path = prediction_path(*key)
+            if path in files:
+                continue
+            model, intervention, train, eval_dataset = key
+            evals = [eval_dataset]
+            if self.entries[intervention].family == "tuned":  # one file for all its evals
+                evals = self.tuned_evals(intervention, train)
+            files[path] = {
+                "path": path,
+                "rule": self.entries[intervention].rules[-1],
+                "groups": [[model, intervention, train, e] for e in evals],
+            }
+        return list(files.values())
+
+    def test_files(self, expectations: list[dict]) -> list[str]:
+        """The materialised test splits of every eval dataset the files' groups cover."""
+        evals = dict.fromkeys(g[3] for f in expectations for g in f["groups"])
+        return [self.data_file(e, "test") for e in evals]
 
     # ------------------------------------------------------------------ model jobs
 
