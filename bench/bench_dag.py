@@ -36,6 +36,15 @@ stimulus), from dry runs only:
 
     .venv/bin/python bench/bench_dag.py --loads [--before a7569f7]
 
+`--allocations` counts the SLURM GPU allocations per model at the paper preset from a dry run
+with `--profile slurm` (profiles/slurm/config.yaml): every bundle (a Snakemake group job) and
+every GPU job outside a bundle is one `sbatch`. The three run models stand in for the paper's
+7B, 13B and 30B (`tiny` entries with `params_b` 7, 13, 32.5: the time limits scale with it),
+for GENIES-15 and all 56 shifts; it prints each model's GPU jobs and allocations, and per group
+the bundles' sizes and summed time limits (first attempt):
+
+    .venv/bin/python bench/bench_dag.py --allocations
+
 A run takes about 2 minutes on 2 cores, 1 of them for the `snakemake --touch` that
 --no-metadata skips.
 """
@@ -298,6 +307,79 @@ def model_loads(data_dir: str, before: str) -> None:
                 print(f"    {label:<6}: " + ", ".join(f"{r} {k}" for r, k in sorted(c.items())))
 
 
+# The paper's model sizes (billions of parameters), as `tiny` stand-ins for --allocations.
+PAPER_SIZES = {"7b": 7, "13b": 13, "30b": 32.5}
+
+
+def slurm_allocations(workdir: Path) -> list[dict]:
+    """The GPU allocations of a dry run with the SLURM profile: one per bundle (group job),
+    one per GPU job outside a bundle; each with its group, models, rules and summed runtime."""
+    cmd = snakemake_cmd(workdir, "-n", "--profile", str(REPO / "profiles/slurm"), "genies_table")
+    text = Run(cmd, "Job stats:").text
+    jobs, group = [], None  # group: the group job whose indented jobs follow
+    for line in text.splitlines():
+        if "] Group job " in line:
+            group = {"group": line.split("] Group job ", 1)[1].split()[0], "jobs": []}
+        elif match := re.match(r"(\s*)(?:local)?rule (\w+):", line):
+            if not match.group(1):
+                group = None
+            jobs.append({"rule": match.group(2), "bundle": group})
+        elif jobs and (match := re.match(r"\s+(wildcards|resources): (.+)", line)):
+            jobs[-1][match.group(1)] = dict(
+                item.split("=", 1) for item in match.group(2).split(", ") if "=" in item
+            )
+    allocations = {}
+    for job in jobs:
+        if int(job.get("resources", {}).get("gpu", 0)) < 1:
+            continue
+        key = id(job["bundle"]) if job["bundle"] else id(job)
+        allocation = allocations.setdefault(
+            key,
+            {"group": job["bundle"]["group"] if job["bundle"] else None, "models": set(),
+             "rules": Counter(), "runtime": 0},
+        )  # fmt: skip
+        allocation["models"].add(job["wildcards"]["model"])
+        allocation["rules"][job["rule"]] += 1
+        allocation["runtime"] += int(job["resources"]["runtime"])
+    return list(allocations.values())
+
+
+def allocations_report(data_dir: str) -> None:
+    print("SLURM GPU allocations per model at the paper preset (dry run, --profile slurm)")
+    for shifts in ("genies", "all"):
+        with tempfile.TemporaryDirectory(prefix="bench_allocations_") as tmp:
+            workdir = Path(tmp)
+            paper_config(workdir, data_dir, shifts)
+            config = yaml.safe_load((workdir / "config.yaml").read_text())
+            config["models"] = {
+                f"tiny-{name}": {"source": "tiny", "params_b": size}
+                for name, size in PAPER_SIZES.items()
+            }
+            config["run_models"] = list(config["models"])
+            (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            allocations = slurm_allocations(workdir)
+        print(f"  shifts={shifts}:")
+        for model in config["run_models"]:
+            mine = [a for a in allocations if a["models"] == {model}]
+            jobs = sum(sum(a["rules"].values()) for a in mine)
+            print(f"    {model}: {jobs} GPU jobs in {len(mine)} allocations")
+            by_group = {}
+            for a in mine:
+                by_group.setdefault(a["group"], []).append(a)
+            for group, bundles in sorted(by_group.items(), key=lambda kv: str(kv[0])):
+                sizes = sorted((sum(b["rules"].values()) for b in bundles), reverse=True)
+                hours = max(b["runtime"] for b in bundles) / 60
+                rules = sum((b["rules"] for b in bundles), Counter())
+                print(
+                    f"      {group or 'unbundled'}: {len(bundles)} x {sizes} jobs "
+                    f"({', '.join(f'{r} {n}' for r, n in sorted(rules.items()))}); "
+                    f"longest time limit {hours:.1f} h"
+                )
+        stray = [a for a in allocations if len(a["models"]) != 1]
+        if stray:
+            print(f"    bundles mixing models: {stray}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data-dir", default="/work/shared/genies-data")
@@ -315,9 +397,14 @@ def main() -> None:
     )
     ap.add_argument("--loads", action="store_true", help="count model loads, before and now")
     ap.add_argument("--before", default=BEFORE, help="the earlier revision of --loads")
+    ap.add_argument(
+        "--allocations", action="store_true", help="count SLURM GPU allocations per model"
+    )
     args = ap.parse_args()
     if args.loads:
         return model_loads(str(Path(args.data_dir).resolve()), args.before)
+    if args.allocations:
+        return allocations_report(str(Path(args.data_dir).resolve()))
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_dag_")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

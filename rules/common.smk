@@ -3,7 +3,9 @@ import gc
 import math
 import os
 import re
+import shutil
 import sys
+from pathlib import Path
 
 from snakemake.logging import logger
 
@@ -60,6 +62,44 @@ for name in {
     check_model_gpus(config, name)
 if plan.data_missing:  # said first: without the data, only download_data can run
     logger.warning(missing_data_message(config["data_dir"], config["data_url"]))
+
+
+def remove_outputs_of_jobs_to_submit():
+    """Delete, before a cluster run submits anything, the earlier outputs of every job it will
+    submit (the jobs of the submit host keep theirs: the database, tables and viewer stay
+    readable until they are rebuilt).
+
+    In a SLURM bundle that fails, Snakemake records every job as completed (Snakemake 9,
+    snakemake#3808), those that never ran included, and with the profile's `keep-incomplete`
+    keeps their outputs: a job that never ran would keep its output of an earlier run, taken as
+    up to date under the new parameters, and so would the jobs downstream of a failed one.
+    Deleted at the start, only what this run completes is there afterwards, and the next run
+    redoes the rest (docs/slurm.md, "Bundles"). Local runs (every job is local) delete
+    nothing here. Runs on the submit host only (Snakemake starts cluster jobs with
+    --no-hooks), never for a dry run or --touch, which must find the outputs.
+    """
+    if workflow.touch:
+        return
+    removed = 0
+    for job in workflow.dag.needrun_jobs():
+        if job.is_local:
+            continue
+        for output in map(Path, job.output):
+            if output.is_dir() and not output.is_symlink():
+                shutil.rmtree(output)
+            elif output.exists() or output.is_symlink():
+                output.unlink()
+            else:
+                continue
+            removed += 1
+    if removed:
+        logger.info(
+            f"Removed {removed} earlier outputs of the jobs this run will submit."
+        )
+
+
+onstart:
+    remove_outputs_of_jobs_to_submit()
 
 
 def _alternatives(names):
@@ -175,6 +215,9 @@ def gpu_job_resources(job):
         "mem_mb": mem_mb_with_scratch if in_memory else mem_mb,
         "runtime": by_model_size(*MODEL_JOB_MINUTES[job]),
         "attempt": lambda w, attempt: attempt,
+        # One slot per job of a SLURM bundle, one slot per bundle layer (profiles/slurm):
+        # bundled jobs run one after another, their time limits add up.
+        "bundle_slot": 1,
     }
     if os.environ.get(GPU_MODEL_ENV) or any(
         m.get("gpu_model") for m in config["models"].values()
@@ -184,6 +227,11 @@ def gpu_job_resources(job):
             GPU_MODEL_ENV, ""
         )
     return resources
+
+
+# Rule-level retries of the GPU rules: in the Snakemake that runs a SLURM allocation, a
+# failed job is retried there with the next attempt; elsewhere `--retries` decides.
+GPU_JOB_RETRIES = cluster.allocation_retries(os.environ)
 
 
 def prepare_model_mem_mb(wildcards, attempt):

@@ -21,6 +21,7 @@ rule score_reward_model:
         "results/logs/score_reward_model/{model}/{dataset}.log",
     benchmark:
         "results/benchmarks/score_reward_model/{model}/{dataset}.tsv"
+    retries: GPU_JOB_RETRIES
     conda:
         ENV
     threads: config["threads"]

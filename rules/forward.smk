@@ -15,6 +15,7 @@ rule forward:
         "results/logs/forward/{model}/{dataset}.log",
     benchmark:
         "results/benchmarks/forward/{model}/{dataset}.tsv"
+    retries: GPU_JOB_RETRIES
     conda:
         ENV
     threads: config["threads"]
@@ -44,6 +45,7 @@ rule score_few_shot:
         "results/logs/score_few_shot/{model}/{eval}.log",
     benchmark:
         "results/benchmarks/score_few_shot/{model}/{eval}.tsv"
+    retries: GPU_JOB_RETRIES
     conda:
         ENV
     threads: config["threads"]

@@ -22,6 +22,7 @@ rule tune:
         "results/benchmarks/tune/{model}/{intervention}/{train}.tsv"
     wildcard_constraints:
         intervention=_alternatives(TUNED or ["-"]),
+    retries: GPU_JOB_RETRIES
     conda:
         ENV
     threads: config["threads"]

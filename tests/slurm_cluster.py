@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +38,8 @@ JOB_FIELDS = (
     "MinMemoryNode",
     "TimeLimit",
     "Comment",
+    "StartTime",
+    "EndTime",
 )
 
 
@@ -232,6 +235,11 @@ RealMemory={memory_mb} Gres=gpu:fake:{len(FAKE_GPUS)} State=UNKNOWN
                 jobs[fields["JobId"]] = fields
         return jobs
 
+    def steps(self, job_id: str) -> list[int]:
+        """The running job steps of a job (numbered from 0 as they start; not batch/extern)."""
+        out = self.run("squeue", "-h", "-s", "-j", job_id, "-o", "%i", check=False).stdout
+        return sorted(int(n) for n in re.findall(rf"^{job_id}\.(\d+)$", out, re.M))
+
     def logs(self, tail: int = 4000) -> str:
         return "\n".join(
             f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}"
@@ -262,3 +270,27 @@ RealMemory={memory_mb} Gres=gpu:fake:{len(FAKE_GPUS)} State=UNKNOWN
         finally:
             self._unlink_default_conf()
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+class JobRecorder:
+    """Keeps the last record of every job while a run goes on (`with JobRecorder(cluster) as
+    seen: ...; seen.jobs`): slurmctld forgets finished jobs after MinJobAge."""
+
+    def __init__(self, cluster: SlurmCluster, every: float = 3.0):
+        self.cluster, self.every, self.jobs = cluster, every, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.jobs.update(self.cluster.jobs())
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> JobRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.jobs.update(self.cluster.jobs())

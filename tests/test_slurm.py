@@ -1,15 +1,20 @@
-"""SLURM: the resources each job asks for, and the workflow on a real (local) SLURM cluster.
+"""SLURM: the resources each job asks for, its bundle, and the workflow on a real (local)
+SLURM cluster.
 
-The unmarked tests read the resources of every planned job from dry runs, with and without
-`--profile slurm` (no cluster needed). The tests marked `slurm` are opt-in (GENIES_SLURM_TEST=1,
-root, apt; once asked for, a machine that cannot run them fails them): they install Debian's
-SLURM, start a single-node cluster on 127.0.0.1 with two fake GPUs (tests/slurm_cluster.py)
-and run the tiny-model workflow with `snakemake --profile slurm genies_table` from the
-repository root, next to a local run of the same config. One forward job
-is cancelled with `scancel` while it runs; the profile's retries must resubmit it with more
-memory and time, and the database must still equal the local one. One LoRA training is cancelled
-between two of its checkpoints (as a preemption would stop it); its retry must resume from the
-last checkpoint, not start again, and still train the same reward model as the local run.
+The unmarked tests read the resources and bundles of every planned job from dry runs, with and
+without `--profile slurm` (no cluster needed). The tests marked `slurm` are opt-in
+(GENIES_SLURM_TEST=1, root, apt; once asked for, a machine that cannot run them fails them):
+they install Debian's SLURM, start a single-node cluster on 127.0.0.1 with two fake GPUs
+(tests/slurm_cluster.py) and run the tiny-model workflow with `snakemake --profile slurm
+genies_table` from the repository root, next to a local run of the same config (the runs are
+listed in `cluster_run`). The GPU jobs go in two bundles. The job step of one forward job is
+killed while it works: its bundle must run it again in the same allocation, with the next
+attempt. The bundle of a LoRA training is cancelled between two of the training's checkpoints
+(as a preemption would stop it): the profile's retries must resubmit it with more memory and
+time, and the training must resume from its last checkpoint and still train the same reward
+model as the local run; the database must equal the local one. Then one dataset's content
+changes: only its jobs run, and one job of a bundle that fails for good costs its bundle-mates
+nothing.
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import duckdb
 import pytest
 
+from genies.io import read_provenance
 from genies.methods.tuned.checkpoints import latest_checkpoint
-from genies.pipeline.cluster import activation_file_bytes
+from genies.pipeline.cluster import ALLOCATION_RETRIES, activation_file_bytes, allocation_retries
 from genies.pipeline.plan import DATA, Plan
 from genies.scratch import scratch_in_memory
 
@@ -98,22 +105,29 @@ def _key_values(block: str, field: str) -> dict:
 def planned_jobs(
     workdir: Path, env: dict, profile: bool = True, attempt: int = 1
 ) -> list[SimpleNamespace]:
-    """Rule, wildcards and resources of every job a dry run (with `--profile slurm`) plans,
-    as the `attempt`-th try of each job would ask for them."""
+    """Rule, wildcards, resources, outputs and bundle (a number, None outside a bundle) of
+    every job a dry run (with `--profile slurm`) plans, as the `attempt`-th try of each job
+    would ask for them."""
     args = [*(["--profile", "slurm"] if profile else []), "--attempt", str(attempt)]
     cmd = snakemake_cmd(workdir, *args, "--dry-run")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
-        rule = re.match(r"(?:local)?rule (\w+):", block)
+    jobs, bundles = [], 0
+    for block in re.split(r"\n(?=[^\n]*\] Group job |\s*(?:local)?rule \w+:)", text):
+        if re.match(r"[^\n]*\] Group job ", block):
+            bundles += 1  # the jobs after it, indented, are in this bundle
+            continue
+        rule = re.match(r"(\s*)(?:local)?rule (\w+):", block)
+        outputs = re.search(r"^\s+output: (.+)$", block, re.M)
         if rule:
             jobs.append(
                 SimpleNamespace(
-                    rule=rule.group(1),
+                    rule=rule.group(2),
                     wildcards=_key_values(block, "wildcards"),
                     resources=_key_values(block, "resources"),
+                    bundle=bundles if rule.group(1) else None,
+                    outputs=outputs.group(1).split(", ") if outputs else [],
                 )
             )
     return jobs
@@ -207,6 +221,39 @@ def test_model_jobs_scale_with_the_registry_size(dry_workdir):
         assert large[0] > small[0] and large[1] > small[1], (rule, small, large)
 
 
+@pytest.mark.parametrize(
+    "sizes,bundle,tune_bundle", [({}, 8, 7), ({"GENIES_SLURM_BUNDLE": "3"}, 3, 7)]
+)
+def test_gpu_jobs_go_in_bundles_of_one_model(dry_workdir, sizes, bundle, tune_bundle):
+    """With the SLURM profile every GPU job is in a bundle and no other job is: a model's
+    forward passes and few-shot and reward-model scorings in bundles of at most `bundle`, its
+    trainings per method in bundles of at most `tune_bundle`, in as few bundles as that allows."""
+    kinds, bundles = {}, {}
+    for job in planned_jobs(dry_workdir, site_env(**sizes)):
+        assert (job.bundle is not None) == (job.rule in GPU_CLASS), job
+        if job.bundle is not None:
+            tuned = job.wildcards["intervention"] if job.rule == "tune" else None
+            kind = (job.wildcards["model"], tuned)
+            bundles.setdefault(job.bundle, set()).add(kind)
+            kinds.setdefault(kind, []).append(job.bundle)
+    assert all(len(members) == 1 for members in bundles.values()), bundles
+    assert {m for m, _ in kinds} == {"small", "large", "rm"}
+    assert {t for _, t in kinds} == {None, "lora", "prompt_tuning"}
+    for (model, tuned), jobs in kinds.items():
+        limit = tune_bundle if tuned else bundle
+        sizes_of = Counter(jobs)
+        assert max(sizes_of.values()) <= limit, (model, tuned, sizes_of)
+        assert len(sizes_of) == math.ceil(len(jobs) / limit), (model, tuned, sizes_of)
+
+
+def test_gpu_jobs_are_retried_inside_their_allocation():
+    """The GPU rules' own retries apply in a SLURM job's batch step only: not in its job steps
+    (SLURM_STEP_ID), where they would retry each attempt again, nor outside SLURM."""
+    assert allocation_retries({}) is None
+    assert allocation_retries({"SLURM_JOB_ID": "7"}) == ALLOCATION_RETRIES == 2
+    assert allocation_retries({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0"}) is None
+
+
 def test_slurm_runs_print_the_log_of_a_failed_job(dry_workdir):
     """show-failed-logs is set in the workflow profile (profiles/default), which Snakemake
     loads under --profile slurm too; the SLURM profile must not turn it off."""
@@ -287,73 +334,168 @@ def _start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _finish(proc: subprocess.Popen, log: Path, timeout: float = 900) -> str:
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = 900, succeed=True) -> str:
+    """Wait for a Snakemake run; its log. It must succeed (or, `succeed=False`, fail)."""
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    text = log.read_text()
-    assert proc.returncode == 0, f"{proc.args[-12:]} failed ({proc.returncode}):\n{text[-6000:]}"
+    text, args = log.read_text(), proc.args[-12:]
+    if succeed:
+        assert proc.returncode == 0, f"{args} failed ({proc.returncode}):\n{text[-6000:]}"
+    else:  # failed by itself, not killed here for taking too long
+        assert proc.returncode not in (0, -9), f"{args} did not fail:\n{text[-6000:]}"
     return text
 
 
-def _rule_of(comment: str) -> str:
-    return re.match(r"rule_(.+?)(_wildcards_|$)", comment).group(1)
+def _bundles(log: Path) -> dict[str, SimpleNamespace]:
+    """SLURM job id -> sbatch call of every bundle a running Snakemake has submitted so far."""
+    text = log.read_text() if log.exists() else ""
+    return {c.slurm_jobid: c for c in sbatch_calls(text) if c.slurm_jobid}
 
 
-def _work_started(workdir: Path, job: dict) -> bool:
-    """The job step has launched the rule's work (the plugin logs the srun call first)."""
-    logs = workdir / ".snakemake" / "slurm_logs" / f"rule_{_rule_of(job['Comment'])}"
-    return any(
-        "The call for this job is: srun" in p.read_text()
-        for p in logs.glob(f"*/{job['JobId']}.log")
-    )
+def _running(cluster, job_id: str) -> bool:
+    return cluster.jobs().get(job_id, {}).get("JobState") == "RUNNING"
 
 
-def _between_checkpoints(workdir: Path, job: dict) -> bool:
-    """A LoRA training has written a checkpoint (in `<output>.partial/`) and is not done."""
+def _running_forward(workdir: Path, call) -> str | None:
+    """The dataset of the forward job of a bundle that runs now: its script has opened its
+    log, and its output is not written yet."""
+    for target in call.targets:
+        if target.startswith("forward:"):
+            dataset = re.search(r"dataset=([^,]+)", target).group(1)
+            log = workdir / f"results/logs/forward/tiny/{dataset}.log"
+            if log.exists() and not (workdir / f"results/forward/tiny/{dataset}.parquet").exists():
+                return dataset
+    return None
+
+
+def _between_checkpoints(workdir: Path) -> str | None:
+    """The training dataset of a LoRA training that has written a checkpoint (in
+    `<output>.partial/`) and is not done."""
     for partial in (workdir / "results/tune/tiny/lora").glob("*.partial"):
-        if job["Comment"].endswith("_" + partial.name.removesuffix(".partial")):
-            checkpoint = latest_checkpoint(partial)
-            step = int(checkpoint.name.removeprefix("step-")) if checkpoint else 0
-            return 0 < step < SLOW_LORA["steps"]
-    return False
+        checkpoint = latest_checkpoint(partial)
+        step = int(checkpoint.name.removeprefix("step-")) if checkpoint else 0
+        if 0 < step < SLOW_LORA["steps"]:
+            return partial.name.removesuffix(".partial")
+    return None
 
 
-def _cancel_running_jobs(cluster, workdir: Path, proc: subprocess.Popen, ready: dict) -> dict:
-    """scancel the first RUNNING job of each rule in `ready` once `ready[rule](workdir, job)`
-    holds; rule -> (job id, comment), (None, None) for a rule whose job was never caught."""
-    cancelled = {}
-    while proc.poll() is None and len(cancelled) < len(ready):
-        for job in cluster.jobs().values():
-            rule = _rule_of(job["Comment"])
-            if rule not in ready or rule in cancelled or job["JobState"] != "RUNNING":
+def _interrupt_first_run(cluster, workdir: Path, proc: subprocess.Popen, log: Path) -> dict:
+    """While the first cluster run goes on: kill the job step of a forward job at work (its
+    bundle must run it again in the same allocation, with the next attempt) and scancel the
+    bundle of a LoRA training caught between two checkpoints (Snakemake must submit the bundle
+    again). -> {"step": (job id, step, dataset), "tune": (job id, training dataset)}."""
+    done = {}
+    while proc.poll() is None and len(done) < 2:
+        for job_id, call in _bundles(log).items():
+            if not _running(cluster, job_id):
                 continue
-            if ready[rule](workdir, job):
-                if cluster.run("scancel", job["JobId"], check=False).returncode == 0:
-                    cancelled[rule] = (job["JobId"], job["Comment"])
+            dataset = _running_forward(workdir, call)
+            steps = cluster.steps(job_id)
+            if "step" not in done and dataset and steps:
+                if cluster.run("scancel", f"{job_id}.{steps[-1]}", check=False).returncode == 0:
+                    done["step"] = (job_id, steps[-1], dataset)
+            training = _between_checkpoints(workdir)
+            if "tune" not in done and call.rule == "tune" and training:
+                if cluster.run("scancel", job_id, check=False).returncode == 0:
+                    done["tune"] = (job_id, training)
         time.sleep(0.2)
-    return {rule: cancelled.get(rule, (None, None)) for rule in ready}
+    return {key: done.get(key) for key in ("step", "tune")}
+
+
+def _fail_second_job_of_model_bundle(cluster, proc: subprocess.Popen, log: Path) -> tuple:
+    """Kill every job step of the model-job bundle but its first: the second job fails in
+    each of its attempts. -> (the bundle's job id, the steps killed)."""
+    bundle, killed = None, []
+    while proc.poll() is None:
+        for job_id, call in _bundles(log).items():
+            if call.rule != "tune" and _running(cluster, job_id):
+                bundle = job_id
+                for step in cluster.steps(job_id):
+                    if step > 0 and step not in killed:
+                        if cluster.run("scancel", f"{job_id}.{step}", check=False).returncode == 0:
+                            killed.append(step)
+        time.sleep(0.2)
+    return bundle, killed
 
 
 def sbatch_calls(log: str) -> list[SimpleNamespace]:
-    """The sbatch command lines the plugin logged (with --verbose), with rule and attempt."""
+    """The sbatch command lines the plugin logged (with --verbose): the rule (of the first job),
+    attempt, comment, the jobs it runs (`rule:wildcards`), for a bundle its group job id and
+    the SLURM job id it got (None outside a bundle)."""
+    submitted = {}  # group job id -> the SLURM job ids of its submissions, in order
+    for group, job_id in re.findall(r"Job (\S+) has been submitted with SLURM jobid (\d+)", log):
+        submitted.setdefault(group, []).append(job_id)
     calls = []
     for line in re.findall(r"^sbatch call: (.*)$", log, re.M):
-        rule = re.search(r"--target-jobs '(\w+):", line).group(1)
-        attempt = int(re.search(r"--attempt (\d+)", line).group(1))
-        comment = re.search(r"--comment (\S+)", line).group(1)
-        calls.append(SimpleNamespace(rule=rule, attempt=attempt, comment=comment, line=line))
+        targets = re.search(r"--target-jobs ((?:'[^']+' ?)+)", line).group(1)
+        group = re.search(r"--local-groupid (\S+)", line)
+        group = group.group(1).strip("'") if group else None
+        calls.append(
+            SimpleNamespace(
+                rule=re.search(r"--target-jobs '(\w+):", line).group(1),
+                attempt=int(re.search(r"--attempt (\d+)", line).group(1)),
+                comment=re.search(r"--comment (\S+)", line).group(1),
+                targets=tuple(sorted(re.findall(r"'([^']+)'", targets))),
+                group=group,
+                slurm_jobid=submitted[group].pop(0) if group in submitted else None,
+                line=line,
+            )
+        )
     return calls
+
+
+def _job_key(target: str) -> tuple:
+    """`rule:k=v,k=v` (a job of an sbatch line) as (rule, ((k, v), ...))."""
+    rule, wildcards = target.split(":", 1)
+    return rule, tuple(tuple(item.split("=", 1)) for item in wildcards.split(","))
+
+
+def _gpu_bundles(log: str, attempt: int | None = 1) -> list[SimpleNamespace]:
+    return [c for c in sbatch_calls(log) if c.group and attempt in (None, c.attempt)]
+
+
+def _output_of(workdir: Path, target: str) -> Path:
+    rule, wildcards = _job_key(target)
+    name = dict(wildcards).get("dataset") or dict(wildcards)["eval"]
+    folder = {"forward": "forward", "score_few_shot": "few_shot_scores"}[rule]
+    return workdir / f"results/{folder}/tiny/{name}.parquet"
+
+
+def _attempt(path: Path) -> int:
+    """The retry attempt a model job's output was written in (its memory plan's record)."""
+    return read_provenance(path)["memory"]["attempt"]
 
 
 def _option(line: str, pattern: str) -> int:
     return int(re.search(pattern, line.split(" --wrap=", 1)[0]).group(1))
 
 
+def _outputs_planned(workdir: Path, env: dict) -> list[Path]:
+    """The outputs of the jobs a dry run with the SLURM profile would submit."""
+    jobs = planned_jobs(workdir, env)
+    return [workdir / p for job in jobs if job.rule not in local_rules() for p in job.outputs]
+
+
+def _edit_test_split(data: Path, dataset: str) -> None:
+    """Change one dataset's test data (drop its last example): new content, not only mtime."""
+    path = data / "distributions" / dataset / "test.json"
+    path.write_text(json.dumps(json.loads(path.read_text())[:-1]))
+
+
 @pytest.fixture(scope="module")
 def cluster_run():
+    """The cluster runs every `slurm` test reads (about 15 minutes on 2 cores):
+
+    1. `snakemake --profile slurm genies_table` beside a local run of the same config, with one
+       forward job's job step killed and one training's bundle cancelled;
+    2. the same again: nothing to do;
+    3. after an edit of tgt_b's test split: the second job of the model-job bundle is killed
+       in every attempt (fails for good), with --retries 0 (no resubmission);
+    4. the same again, nothing killed: only what 3 did not finish runs.
+    """
     require_cluster()
     began = time.monotonic()
     slurm_cluster.install()
@@ -364,47 +506,75 @@ def cluster_run():
     try:
         cluster.start()
         started = time.monotonic()
-        # One shift (4 datasets, 10 cluster jobs) keeps the run short on a 2-core machine.
+        # One shift (4 datasets, 6 GPU jobs, 2 bundles) keeps the run short on 2 cores.
         shift_file = scratch / "one_shift.json"
         shift_file.write_text(json.dumps([{"source": "src_a", "target": "tgt_b"}]))
         data = make_genies_folder(scratch / "genies-data")
-        config = workflow_config(
-            data, shifts=str(shift_file), interventions={"zero_shot": {}, "lora": SLOW_LORA}
-        )
+        interventions = {"zero_shot": {}, "few_shot": {"n_shots": 2}, "lora": SLOW_LORA}
+        config = workflow_config(data, shifts=str(shift_file), interventions=interventions)
         local_dir, slurm_dir = scratch / "local", scratch / "slurm"
         for workdir in (local_dir, slurm_dir):
             workdir.mkdir()
             write_config(workdir, config)
         env = site_env(SLURM_CONF=str(cluster.conf))
+        planned = {
+            (job.rule, tuple(job.wildcards.items())): job.resources
+            for job in planned_jobs(slurm_dir, env)
+        }
         profile_args = ("--profile", "slurm", *CLUSTER_ARGS)
-        local_log, first_log, second_log = (scratch / f"{n}.log" for n in ("local", "1", "2"))
+        logs = {n: scratch / f"{n}.log" for n in ("local", "1", "2", "3", "4")}
         # The local run goes alongside the cluster run, whose controller mostly waits on
         # SLURM's scheduling and the plugin's status checks.
-        local = _start(snakemake_cmd(local_dir, "--cores", "2"), local_log, env)
-        first = _start(snakemake_cmd(slurm_dir, *profile_args), first_log, env)
+        local = _start(snakemake_cmd(local_dir, "--cores", "2"), logs["local"], env)
+        first = _start(snakemake_cmd(slurm_dir, *profile_args), logs["1"], env)
         procs += [local, first]
-        cancelled = _cancel_running_jobs(
-            cluster,
-            slurm_dir,
-            first,
-            {"forward": _work_started, "tune": _between_checkpoints},
-        )
-        first_text = _finish(first, first_log)
+        with slurm_cluster.JobRecorder(cluster) as recorder:
+            interrupted = _interrupt_first_run(cluster, slurm_dir, first, logs["1"])
+            texts = {"1": _finish(first, logs["1"])}
         first_done = time.monotonic()
-        local_text = _finish(local, local_log)
-        jobs_after_first = cluster.jobs()
-        procs.append(_start(snakemake_cmd(slurm_dir, *profile_args), second_log, env))
-        second_text = _finish(procs[-1], second_log)
+        jobs_after_first = recorder.jobs
+        texts["local"] = _finish(local, logs["local"])
+        procs.append(_start(snakemake_cmd(slurm_dir, *profile_args), logs["2"], env))
+        texts["2"] = _finish(procs[-1], logs["2"])
+        jobs_after_second = cluster.jobs()
+        # What the tests of runs 1 and 2 read, before runs 3 and 4 change it.
+        databases = {d: _tables(d / "results/results.duckdb") for d in (local_dir, slurm_dir)}
+        attempts = {
+            t: _attempt(_output_of(slurm_dir, t))
+            for c in _gpu_bundles(texts["1"])
+            if c.rule != "tune"
+            for t in c.targets
+        }
+        training = (interrupted["tune"] or (None, None))[1]
+        training_log = training and (slurm_dir / f"results/logs/tune/tiny/lora/{training}.log")
+        training_log = training_log.read_text() if training_log else ""
+
+        _edit_test_split(data, "tgt_b")
+        edited = time.time()
+        due = _outputs_planned(slurm_dir, env)
+        procs.append(_start(snakemake_cmd(slurm_dir, *profile_args, "--retries", "0"),
+                            logs["3"], env))  # fmt: skip
+        failed_bundle = _fail_second_job_of_model_bundle(cluster, procs[-1], logs["3"])
+        texts["3"] = _finish(procs[-1], logs["3"], succeed=False)
+        outputs_after_failure = {p: p.stat().st_mtime if p.exists() else None for p in due}
+        procs.append(_start(snakemake_cmd(slurm_dir, *profile_args), logs["4"], env))
+        texts["4"] = _finish(procs[-1], logs["4"])
         run = SimpleNamespace(
             cluster=cluster,
             local_dir=local_dir,
             slurm_dir=slurm_dir,
-            local_log=local_text,
-            first_log=first_text,
-            second_log=second_text,
+            logs=texts,
+            first_log=texts["1"],
+            planned=planned,
             jobs_after_first=jobs_after_first,
-            jobs_after_second=cluster.jobs(),
-            cancelled=cancelled,
+            jobs_after_second=jobs_after_second,
+            interrupted=interrupted,
+            databases=databases,
+            attempts=attempts,
+            training_log=training_log,
+            edited=edited,
+            outputs_after_failure=outputs_after_failure,
+            failed_bundle=failed_bundle,
         )
         print_report(
             run,
@@ -430,8 +600,14 @@ def print_report(run, **seconds) -> None:
         if call.rule not in seen or call.attempt > 1:
             seen.add(call.rule)
             print(f"  [{call.rule}, attempt {call.attempt}] {call.line.split(' --wrap=')[0]}")
-    for job_id, comment in run.cancelled.values():
-        print(f"scancel {job_id} ({comment})")
+    for label in ("1", "3", "4"):
+        calls = sbatch_calls(run.logs[label])
+        gpu = [c for c in calls if c.group]
+        print(
+            f"run {label}: {len(calls)} sbatch, {len(gpu)} of them GPU bundles: "
+            + "; ".join(f"{' '.join(c.targets)} (attempt {c.attempt})" for c in gpu)
+        )
+    print(f"interrupted in run 1: {run.interrupted}; run 3: {run.failed_bundle}")
     for info in (run.slurm_dir / "results/tune").glob("*/*/*/reward_model.json"):
         resumed = json.loads(info.read_text())["resumed_from"]
         print(f"{info.parent.relative_to(run.slurm_dir)}: resumed from steps {resumed}")
@@ -439,27 +615,39 @@ def print_report(run, **seconds) -> None:
 
 
 @pytest.mark.slurm
-def test_gpu_jobs_request_gpus_and_others_do_not(cluster_run):
+def test_gpu_jobs_go_to_slurm_in_bundles(cluster_run):
+    """Each model's GPU jobs share few allocations: the forward passes and few-shot scorings
+    one, the trainings another; a bundle asks for the GPUs, CPUs and memory of its largest job
+    and the sum of its jobs' time limits."""
     calls = [c for c in sbatch_calls(cluster_run.first_log) if c.attempt == 1]
-    submitted = {c.rule for c in calls}
-    # The cluster run is zero-shot and LoRA (to stay short): its GPU-class jobs are the
-    # forward passes, trainings and their predictions. The dry-run tests above check the
-    # resources of every GPU-class rule.
-    assert {"forward", "tune", "materialise"} <= submitted
-    assert not submitted & local_rules()  # aggregation ran on the submit host
-    for call in calls:
+    bundles = _gpu_bundles(cluster_run.first_log)
+    gpu_jobs = [key for key in cluster_run.planned if key[0] in GPU_CLASS]
+    assert len(gpu_jobs) == 6  # 2 forward, 2 few-shot, 2 trainings
+    assert sorted(_job_key(t) for c in bundles for t in c.targets) == sorted(gpu_jobs)
+    assert sorted(len(c.targets) for c in bundles) == [2, 4]  # 6 GPU jobs, 2 allocations
+    for call in bundles:
         options = call.line.split(" --wrap=", 1)[0]
-        if call.rule in GPU_CLASS:
-            assert "--gpus=fake:1" in options and "--cpus-per-gpu=1" in options, options
-            assert " -p gpu " in options, options
-        else:
-            assert "--gpus" not in options and "--gres" not in options, options
-            assert "--cpus-per-task=1" in options and " -p cpu " in options, options
+        assert "--gpus=fake:1" in options and "--cpus-per-gpu=1" in options, options
+        assert " -p gpu " in options and "--nodes=1" in options, options
+        resources = [cluster_run.planned[_job_key(t)] for t in call.targets]
+        assert _option(options, r" -t (\d+)") == sum(int(r["runtime"]) for r in resources)
+        assert _option(options, r"--mem (\d+)") == max(int(r["mem_mb"]) for r in resources)
+        assert {t.split(":")[0] for t in call.targets} <= (
+            {"tune"} if call.rule == "tune" else {"forward", "score_few_shot"}
+        )
+    others = [c for c in calls if not c.group]
+    assert {"materialise", "few_shot_prompts"} <= {c.rule for c in others}
+    assert not {c.rule for c in others} & (GPU_CLASS | local_rules())  # aggregation stayed
+    for call in others:
+        options = call.line.split(" --wrap=", 1)[0]
+        assert "--gpus" not in options and "--gres" not in options, options
+        assert "--cpus-per-task=1" in options and " -p cpu " in options, options
     # What slurmctld recorded for the jobs it ran.
-    jobs = cluster_run.jobs_after_first.values()
+    jobs = cluster_run.jobs_after_first
     assert len(jobs) == len(sbatch_calls(cluster_run.first_log))
-    for job in jobs:
-        if _rule_of(job["Comment"]) in GPU_CLASS:
+    bundle_ids = {c.slurm_jobid for c in _gpu_bundles(cluster_run.first_log, attempt=None)}
+    for job_id, job in jobs.items():
+        if job_id in bundle_ids:
             assert job.get("TresPerJob") == "gres:gpu:fake:1", job
             assert job["Partition"] == "gpu", job
         else:
@@ -505,8 +693,8 @@ def _close(a, b) -> bool:
 # so its losses and probabilities match the local run's to float rounding, not bit for bit.
 @pytest.mark.slurm
 def test_cluster_result_equals_local_run(cluster_run):
-    local = _tables(cluster_run.local_dir / "results/results.duckdb")
-    cluster = _tables(cluster_run.slurm_dir / "results/results.duckdb")
+    local = cluster_run.databases[cluster_run.local_dir]
+    cluster = cluster_run.databases[cluster_run.slurm_dir]
     assert local.keys() == cluster.keys() and "predictions" in local
     assert len(local["predictions"][1]) > 0
     for name in local:
@@ -517,55 +705,112 @@ def test_cluster_result_equals_local_run(cluster_run):
 
 
 @pytest.mark.slurm
-def test_cancelled_job_is_resubmitted_with_more_resources(cluster_run):
-    job_id, comment = cluster_run.cancelled["forward"]
-    assert job_id, "no forward job was caught running"
+def test_a_failed_job_is_retried_inside_its_bundle(cluster_run):
+    """The forward job whose job step was killed ran again in the same allocation, with the
+    next attempt (smaller batches); its bundle was submitted once, and its bundle-mates ran
+    once each (their outputs carry attempt 1)."""
+    job_id, step, dataset = cluster_run.interrupted["step"] or (None, None, None)
+    assert job_id, "no forward job was caught at work"
+    (bundle,) = [c for c in _gpu_bundles(cluster_run.first_log, None) if c.rule != "tune"]
+    assert (bundle.slurm_jobid, bundle.attempt) == (job_id, 1)
+    assert cluster_run.jobs_after_first[job_id]["JobState"] == "COMPLETED"
+    attempts = dict(cluster_run.attempts)
+    assert attempts.keys() == set(bundle.targets)
+    assert attempts.pop(f"forward:model=tiny,dataset={dataset}") == 2, attempts
+    assert set(attempts.values()) == {1}, attempts
+
+
+@pytest.mark.slurm
+def test_cancelled_bundle_is_resubmitted_with_more_resources(cluster_run):
+    job_id, training = cluster_run.interrupted["tune"] or (None, None)
+    assert job_id, "no LoRA training was caught running between two checkpoints"
     assert cluster_run.jobs_after_first[job_id]["JobState"] == "CANCELLED"
-    assert f"SLURM-job '{job_id}' failed, SLURM status is: 'CANCELLED'" in cluster_run.first_log
-    attempts = [c for c in sbatch_calls(cluster_run.first_log) if c.comment == comment]
-    assert [c.attempt for c in attempts] == [1, 2]
-    first, second = (c.line for c in attempts)
-    assert _option(second, r"--mem (\d+)") == 2 * _option(first, r"--mem (\d+)")
-    assert _option(second, r" -t (\d+)") == 2 * _option(first, r" -t (\d+)")
+    log = cluster_run.first_log
+    assert "Error in group tune_tiny_lora" in log
+    assert f"slurm_logs/group_tune_tiny_lora_tune/{job_id}.log" in log
+    first, second = [c for c in _gpu_bundles(cluster_run.first_log, None) if c.rule == "tune"]
+    assert (first.slurm_jobid, first.attempt, second.attempt) == (job_id, 1, 2)
+    assert first.targets == second.targets
+    assert _option(second.line, r"--mem (\d+)") == 2 * _option(first.line, r"--mem (\d+)")
+    assert _option(second.line, r" -t (\d+)") == 2 * _option(first.line, r" -t (\d+)")
 
 
 @pytest.mark.slurm
 def test_second_invocation_submits_nothing(cluster_run):
-    assert "Nothing to be done" in cluster_run.second_log
-    assert not sbatch_calls(cluster_run.second_log)
-    assert cluster_run.jobs_after_second.keys() == cluster_run.jobs_after_first.keys()
+    assert "Nothing to be done" in cluster_run.logs["2"]
+    assert not sbatch_calls(cluster_run.logs["2"])
+    # (slurmctld forgets finished jobs after MinJobAge: the early ones may be gone)
+    assert cluster_run.jobs_after_second.keys() <= cluster_run.jobs_after_first.keys()
 
 
 @pytest.mark.slurm
 def test_cancelled_training_resumes_from_its_checkpoint(cluster_run):
-    job_id, comment = cluster_run.cancelled["tune"]
-    assert job_id, "no LoRA training was caught running between two checkpoints"
-    assert cluster_run.jobs_after_first[job_id]["JobState"] == "CANCELLED"
-    attempts = [c for c in sbatch_calls(cluster_run.first_log) if c.comment == comment]
-    assert [c.attempt for c in attempts] == [1, 2]
-    tune_dir = next(
-        d
-        for d in (cluster_run.slurm_dir / "results/tune/tiny/lora").iterdir()
-        if comment.endswith("_" + d.name)
-    )
+    _, training = cluster_run.interrupted["tune"] or (None, None)
+    assert training, "no LoRA training was caught running between two checkpoints"
+    tune_dir = cluster_run.slurm_dir / "results/tune/tiny/lora" / training
     info = json.loads((tune_dir / "reward_model.json").read_text())
     # The retry went on from the cancelled attempt's last checkpoint (a periodic one, or the
     # one its SIGTERM handler wrote), instead of starting again from step 0.
     (resumed_step,) = info["resumed_from"]
     assert 0 < resumed_step < SLOW_LORA["steps"], info["resumed_from"]
-    log = (cluster_run.slurm_dir / f"results/logs/tune/tiny/lora/{tune_dir.name}.log").read_text()
+    log = cluster_run.training_log
     assert f"(step {resumed_step} of {SLOW_LORA['steps']})" in log, log[-3000:]
     # after success the work dir keeps only the selected weights (a rerun reuses them)
     work = tune_dir.with_name(tune_dir.name + ".partial")
     assert json.loads((latest_checkpoint(work) / "state.json").read_text())["finished"]
     # Same best step and validation history as the uninterrupted local training (the weights
     # themselves are compared through the predictions in test_cluster_result_equals_local_run).
-    local_dir = cluster_run.local_dir / "results/tune/tiny/lora" / tune_dir.name
+    local_dir = cluster_run.local_dir / "results/tune/tiny/lora" / training
     local = json.loads((local_dir / "reward_model.json").read_text())
     assert local["resumed_from"] == []
     assert info["best_step"] == local["best_step"]
     for key in ("validation", "train_loss"):
         assert _close(info[key], local[key]), (key, info[key], local[key])
+
+
+def _datasets_of(target: str) -> set[str]:
+    return {v for k, v in _job_key(target)[1] if k in ("dataset", "eval", "train")}
+
+
+@pytest.mark.slurm
+def test_a_changed_dataset_reruns_only_its_jobs(cluster_run):
+    """After tgt_b's test split changed, runs 3 and 4 ran only jobs that read it: its own
+    materialisation, forward pass and few-shot scoring, the trainings that predict it (one
+    bundle, attempt 1) and the predictions made from them; nothing of src_a alone."""
+    calls = sbatch_calls(cluster_run.logs["3"]) + sbatch_calls(cluster_run.logs["4"])
+    ran = {t for c in calls for t in c.targets}
+    assert "materialise:dataset=tgt_b,split=test" in ran
+    assert "forward:model=tiny,dataset=tgt_b" in ran
+    for target in ran:
+        rule = target.split(":")[0]
+        assert rule in {"tune", "few_shot_prompts"} or "tgt_b" in _datasets_of(target), target
+        assert rule != "materialise" or target.endswith("tgt_b,split=test"), target
+    tune = [c for c in _gpu_bundles(cluster_run.logs["3"], None) if c.rule == "tune"]
+    assert [len(c.targets) for c in tune] == [2]  # both trainings predict tgt_b; one bundle
+    assert not _gpu_bundles(cluster_run.logs["4"], None) or all(
+        c.rule != "tune" for c in _gpu_bundles(cluster_run.logs["4"], None)
+    )
+
+
+@pytest.mark.slurm
+def test_a_job_failing_for_good_leaves_its_bundle_mates_their_outputs(cluster_run):
+    """Run 3 killed the second job of the model-job bundle in each of its three attempts,
+    inside one allocation. The bundle's first job kept its new output (keep-incomplete), the
+    failed job has none, and no output of a job due in run 3 is left from before it (the
+    workflow deletes them when a run starts): run 4 redid exactly the failed job."""
+    job_id, killed = cluster_run.failed_bundle
+    (bundle,) = [c for c in _gpu_bundles(cluster_run.logs["3"], None) if c.rule != "tune"]
+    assert bundle.slurm_jobid == job_id and bundle.attempt == 1
+    assert killed == [1, 2, 3], killed  # attempts 1, 2, 3 of the second job, in new job steps
+    assert sorted(_job_key(t)[0] for t in bundle.targets) == ["forward", "score_few_shot"]
+    stale = {p: m for p, m in cluster_run.outputs_after_failure.items() if m is not None}
+    assert all(mtime > cluster_run.edited for mtime in stale.values()), stale
+    made = {t for t in bundle.targets if _output_of(cluster_run.slurm_dir, t) in stale}
+    assert len(made) == 1, (bundle.targets, sorted(stale))
+    (failed,) = set(bundle.targets) - made
+    rerun = {t for c in _gpu_bundles(cluster_run.logs["4"], None) for t in c.targets}
+    assert rerun == {failed}, rerun
+    assert "Removed" in cluster_run.logs["3"]  # the earlier outputs went at the start
 
 
 def test_gpu_jobs_ask_for_what_the_model_needs(tmp_path):

@@ -12,11 +12,16 @@ holds that file in memory: `activation_file_bytes` is added. Every other figure 
 the retry attempt (1, 2, 3 with the SLURM profile's `retries: 2`), so a job killed for host
 memory or run time comes back with more; a job that ran out of GPU memory also comes back with
 smaller batches (the attempt reaches the memory plan).
+
+With the SLURM profile the GPU jobs of a model run in bundles, several jobs one after another
+in one allocation (docs/slurm.md); a GPU job that fails there is first retried in the same
+allocation (`allocation_retries`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +35,9 @@ MB = 1 << 20
 # Python, torch, the CUDA runtime, tokenizer and data of a model job, measured on SmolLM2
 # jobs (about 1.5 GB resident on a CPU) with room for the CUDA context on a GPU node.
 RUNTIME_MB = 6000
+# Retries of a failed GPU job inside its SLURM allocation: attempts 1, 2, 3, as the memory
+# plan halves its batches twice.
+ALLOCATION_RETRIES = 2
 # Bytes per parameter of a model loaded on the CPU; "auto" may be float32 (no bf16 support).
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 4}
 
@@ -64,6 +72,24 @@ def host_mem_mb(spec: dict, on_gpu: bool, attempt: int = 1, dtype: str = "auto")
 def held_mem_mb(held: int, attempt: int = 1) -> int:
     """Host memory (MB) of a model job that holds `held` bytes of weights at once."""
     return math.ceil(RUNTIME_MB + 1.25 * held / MB) * attempt
+
+
+def allocation_retries(environ: Mapping[str, str]) -> int | None:
+    """The GPU rules' own `retries`: ALLOCATION_RETRIES in the Snakemake that runs a SLURM
+    job's batch step, None (the `--retries` of the run) anywhere else.
+
+    A SLURM job runs Snakemake twice over: in its batch step, Snakemake starts each job of the
+    bundle in a job step of its own (`srun`), where a second Snakemake runs the job. Snakemake
+    passes `--retries 0` to both, and a rule's own `retries` overrides it. Set in the batch
+    step, it makes that Snakemake run a failed job again in a new step, with the next attempt
+    and the same allocation, while the bundle's other jobs keep their outputs. In the job step
+    (SLURM sets SLURM_STEP_ID there, not in the batch step) it would retry every attempt once
+    more itself. On the submit host the profile's `retries` applies: it resubmits a failed
+    bundle with more memory and time; local runs keep their own `--retries`.
+    """
+    if environ.get("SLURM_JOB_ID") and "SLURM_STEP_ID" not in environ:
+        return ALLOCATION_RETRIES
+    return None
 
 
 def activation_bytes(work: dict, responses: dict, layout: dict) -> int:
