@@ -58,18 +58,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    model_dir = Path(args.model_dir)
-    if not (model_dir / "config.json").exists():
-        model_dir = Path(tempfile.mkdtemp()) / "smollm2"
-        prepare_model({"source": "smollm2"}, model_dir)
+    model_dir = smollm2_dir(args.model_dir)
     loaded = load_model(model_dir, device="auto", dtype=args.dtype)
-    raw = RawData(args.data)
-    names = raw.datasets() if args.datasets == "all" else args.datasets.split(",")
-    prompts, responses = [], []
-    for name in names:
-        table = load_split(raw, name, "test").slice(0, args.examples).to_pydict()
-        prompts += table["prompt"]
-        responses += table["responses"]
+    names, prompts, responses = first_test_examples(args.data, args.datasets, args.examples)
     p_ids, r_ids = tokenize_examples(loaded.tokenizer, prompts, responses)
     score_tokenized(loaded.model, p_ids[:2], r_ids[:2], batch_tokens=args.batch_tokens)  # warm-up
     print(f"model {model_dir} on {loaded.device}, dtype {loaded.dtype}, threads {args.threads}")
@@ -82,6 +73,30 @@ def main() -> None:
         totals.update(figures)
     report("all (sum of the above)", totals)
     print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+
+
+def smollm2_dir(model_dir) -> Path:
+    """`model_dir` when it holds a prepared model, else SmolLM2-135M prepared into a temp dir."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").exists():
+        model_dir = Path(tempfile.mkdtemp()) / "smollm2"
+        prepare_model({"source": "smollm2"}, model_dir)
+    return model_dir
+
+
+def first_test_examples(data_dir, datasets: str, n: int):
+    """(dataset names, prompts, response lists) of the first `n` test examples of each dataset.
+
+    `datasets` is "all" (every dataset of `data_dir`) or comma-separated names.
+    """
+    raw = RawData(data_dir)
+    names = raw.datasets() if datasets == "all" else datasets.split(",")
+    prompts, responses = [], []
+    for name in names:
+        table = load_split(raw, name, "test").slice(0, n).to_pydict()
+        prompts += table["prompt"]
+        responses += table["responses"]
+    return names, prompts, responses
 
 
 def compare(model, p_ids, r_ids, args) -> Counter:

@@ -388,6 +388,26 @@ def resolve_dtype(dtype="auto", device="cpu") -> torch.dtype:
 
 
 @lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, set[str]]:
+    """The CPU's model name and instruction-set flags, from /proc/cpuinfo.
+
+    ("", set()) where /proc/cpuinfo cannot be read (not Linux).
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "", set()
+    name, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and not name:
+            name = value.strip()
+        elif key in ("flags", "features"):
+            flags.update(value.split())
+    return name, flags
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has native bf16 arithmetic (x86 AVX512-BF16/AMX-BF16, Arm BF16).
 
@@ -395,13 +415,4 @@ def cpu_has_native_bf16() -> bool:
     """
     if platform.system() != "Linux" or not torch.backends.mkldnn.is_available():
         return False
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return bool(cpu_info()[1] & {"avx512_bf16", "amx_bf16", "bf16"})
