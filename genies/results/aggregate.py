@@ -8,8 +8,8 @@ half-written one.
 Tables: shifts (the registry, `genies.data.shifts.shifts_table`), datasets, runs, predictions (per
 pair), cells (per model x intervention x configured shift, `genies.results.cells.CELL_SCHEMA`),
 intervals and comparisons (the paired prompt bootstrap, `genies.results.significance`). With the
-config key `published`, the paper's runs too (`genies.results.published`): predictions and cells of the
-models `<model>@published` (cells over every registered shift with a published run; no bootstrap
+config key `published`, the paper's runs too (`genies.results.published`): predictions and cells of
+the models `<model>@published` (cells over every registered shift with a published run; no bootstrap
 intervals or comparisons), and the tables published_runs (one row per imported upstream file)
 and published_capabilities. Views:
 
@@ -47,11 +47,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genies.results.cells import DEFAULT_CAPABILITY_INTERVENTIONS, PredictionGroups, cells_table
-from genies.io import atomic_path, read_provenance
 from genies.data.predictions import read_predictions
-from genies.results.published import add_published
 from genies.data.shifts import configured_rows
+from genies.io import atomic_path, read_provenance
+from genies.results.cells import DEFAULT_CAPABILITY_INTERVENTIONS, PredictionGroups, cells_table
+from genies.results.published import add_published
 from genies.results.significance import prompt_bootstrap
 
 log = logging.getLogger(__name__)
@@ -215,10 +215,10 @@ def build_database(
     """Write the DuckDB database atomically from result files.
 
     `capability_interventions` and `seed` (of the bootstrap intervals) configure the cells
-    (`genies.results.cells.compute_cells`, one per configured shift of the registry `shifts_file`) and
-    the paired prompt bootstrap (`genies.results.significance`). `published_files`: the Parquet files
-    of `genies.results.published.import_published` (the paper's runs, as `<model>@published`), or none.
-    Returns the row counts and seconds of each step.
+    (`genies.results.cells.compute_cells`, one per configured shift of the registry `shifts_file`)
+    and the paired prompt bootstrap (`genies.results.significance`). `published_files`: the Parquet
+    files of `genies.results.published.import_published` (the paper's runs, as `<model>@published`),
+    or none. Returns the row counts and seconds of each step.
     """
     seconds = {}
     clock = time.perf_counter()

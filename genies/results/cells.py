@@ -43,12 +43,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genies.results import metrics
+from genies.data.predictions import read_predictions
+from genies.data.shifts import Shift
 from genies.errors import GeniesError
 from genies.io import write_json
 from genies.pipeline.plan import BASELINE, NO_TRAIN, UNTRAINED, cell_inputs, prediction_path
-from genies.data.predictions import read_predictions
-from genies.data.shifts import Shift
+from genies.results import metrics
 
 #: Interventions whose target-reference accuracy is the target-tuned capability by default.
 DEFAULT_CAPABILITY_INTERVENTIONS = ("lora",)
@@ -135,10 +135,10 @@ class PredictionGroups:
         self.example = _example_codes(predictions)
         self.rows: dict[tuple[str, str, str, str], np.ndarray] = {}
         self._stats: dict[tuple, dict] = {}
-        # Stored results (the published runs, genies.results.published): `summaries` are groups known
-        # only by their accuracy (runs stored without pairs: no interval, counts or
-        # calibration); `capabilities` fixes the capability of each (model, target) of the
-        # models it lists, which then take it from there only.
+        # Stored results (the published runs, genies.results.published): `summaries` are groups
+        # known only by their accuracy (runs stored without pairs: no interval, counts or
+        # calibration); `capabilities` fixes the capability of each (model, target) of the models it
+        # lists, which then take it from there only.
         self.summaries = {
             tuple(r[k] for k in _KEYS): r["accuracy"]
             for r in (summaries.to_pylist() if summaries is not None else ())
@@ -292,9 +292,9 @@ def resolve_inputs(groups: PredictionGroups, model, intervention, shift, options
     """(inputs, found, missing) of a cell: the keys of `cell_inputs`, the group that holds each
     (None if absent), and input name -> the prediction paths that are missing."""
     inputs = cell_inputs(model, intervention, shift, **options)
-    # Runs of untrained interventions stored per training set win over their train = none runs:
-    # the published zero-shot runs were made once per source, and the published baseline is the
-    # source's run (genies.results.published). The workflow's own untrained runs all have train = none.
+    # Runs of untrained interventions stored per training set win over their train = none runs: the
+    # published zero-shot runs were made once per source, and the published baseline is the source's
+    # run (genies.results.published). The workflow's own untrained runs all have train = none.
     specific = cell_inputs(model, intervention, shift, **{**options, "untrained": ()})
     specific["baseline"] = [(model, options["baseline"], shift.source, shift.target)]
     found = {name: [groups.find(k) for k in specific[name]] for name in inputs}

@@ -31,12 +31,12 @@ puts them into results.duckdb):
 - CCS runs stored only an accuracy (a per-text accuracy, max(acc, 1 - acc)): they have no
   prediction rows, only a `published_runs` row, and their cells use that accuracy.
 
-Cells of the published models (`published_cells`) are computed by `genies.results.cells.compute_cells`
-like the user's, over every registered shift with a published run, with two inputs the
-published tables used: the baseline is the zero-shot run stored under the *source* (upstream
-evaluated zero-shot once per source directory, and the published DE subtracts that run's
-accuracy), and the capability is the `target_tuned_capability/` value (the best of upstream's
-interventions on the target reference; no published code computes it).
+Cells of the published models (`published_cells`) are computed by
+`genies.results.cells.compute_cells` like the user's, over every registered shift with a published
+run, with two inputs the published tables used: the baseline is the zero-shot run stored under the
+*source* (upstream evaluated zero-shot once per source directory, and the published DE subtracts
+that run's accuracy), and the capability is the `target_tuned_capability/` value (the best of
+upstream's interventions on the target reference; no published code computes it).
 """
 
 from __future__ import annotations
@@ -51,14 +51,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genies.data.materialise import load_split
+from genies.data.raw import RawData
 from genies.errors import ConfigError, DataError
 from genies.io import RunRecord, write_parquet
 from genies.pipeline.plan import NO_TRAIN
 from genies.progress import ProgressLog
-from genies.data.raw import RawData
 
-# genies.results.cells, genies.data.predictions (pyarrow.dataset, pandas: half a second) and pyarrow.compute
-# are imported where they are used: the Snakefile reads this module (configured_folder, OUTPUTS).
+# genies.results.cells, genies.data.predictions (pyarrow.dataset, pandas: half a second) and
+# pyarrow.compute are imported where they are used: the Snakefile reads this module
+# (configured_folder, OUTPUTS).
 
 log = logging.getLogger(__name__)
 

@@ -47,10 +47,10 @@ import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
-from genies.results.cells import PredictionGroups, cell_options, indexed_shifts, resolve_inputs
-from genies.pipeline.plan import BASELINE
-from genies.seeds import derive_seed
 from genies.data.shifts import SET_FLAGS
+from genies.pipeline.plan import BASELINE
+from genies.results.cells import PredictionGroups, cell_options, indexed_shifts, resolve_inputs
+from genies.seeds import derive_seed
 
 N_RESAMPLES = 1000
 CONFIDENCE = 0.95
@@ -282,8 +282,8 @@ def prompt_bootstrap(
     """(intervals, comparisons) tables for every model of `groups` over `shifts`.
 
     Args:
-        groups: the predictions, indexed (`genies.results.cells.PredictionGroups`).
-        shifts: registry rows (`genies.data.shifts.shifts_table`) of the shifts the cells cover; their
+        groups: the predictions, indexed (`genies.results.cells.PredictionGroups`). shifts: registry
+        rows (`genies.data.shifts.shifts_table`) of the shifts the cells cover; their
             `in_genies` / `in_extreme_set` / `in_probing_set` flags choose each average's shifts.
         capability_interventions, baseline: as for the cells.
         n_resamples, confidence: draws per dataset, coverage of the percentile intervals.

@@ -1,10 +1,10 @@
 """A static per-example viewer of one model's results: results/viewer/<model>/.
 
-`index.html` is the whole page (its CSS and JavaScript inline, from `genies/results/viewer_assets/`);
-`data/<NNN>_<shift>.js` holds one shift each, loaded by a script element when the shift is chosen
-(browsers block fetch() of local files, so the data are scripts that set a global). Nothing is
-read from a server or the network: the folder works opened from disk, and inside the Snakemake
-report (`snakemake --report report.zip`).
+`index.html` is the whole page (its CSS and JavaScript inline, from
+`genies/results/viewer_assets/`); `data/<NNN>_<shift>.js` holds one shift each, loaded by a script
+element when the shift is chosen (browsers block fetch() of local files, so the data are scripts
+that set a global). Nothing is read from a server or the network: the folder works opened from disk,
+and inside the Snakemake report (`snakemake --report report.zip`).
 
 For each shift of the model's cells, the page lists the *evaluated examples*: the target's test
 examples that the model scored in one of the shift's generalisation groups (the predictions with
@@ -35,11 +35,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genies.data.materialise import EXAMPLE_SCHEMA
-from genies.errors import GeniesError
-from genies.pipeline.interventions import BASELINE
-from genies.io import atomic_dir
-from genies.pipeline.plan import NO_TRAIN
 from genies.data.predictions import expand_pairs
+from genies.errors import GeniesError
+from genies.io import atomic_dir
+from genies.pipeline.interventions import BASELINE
+from genies.pipeline.plan import NO_TRAIN
 from genies.results.report import intervention_order
 
 log = logging.getLogger(__name__)
