@@ -27,8 +27,6 @@ rule aggregate:
         "results/logs/aggregate.log",
     benchmark:
         "results/benchmarks/aggregate.tsv"
-    conda:
-        ENV
     params:
         capability_interventions=config["capability_interventions"],
         seed=config["seed"],
@@ -38,7 +36,10 @@ rule aggregate:
 
 rule report_tables:
     input:
-        DATABASE,
+        database=DATABASE,
+        models=lambda w: [
+            MODEL_DIR.format(model=m) for m in plan.models_behind(w.model)
+        ],
     output:
         **{
             name: report(path, category="GENIES table", subcategory="{model}")
@@ -48,8 +49,10 @@ rule report_tables:
         "results/logs/report_tables/{model}.log",
     benchmark:
         "results/benchmarks/report_tables/{model}.tsv"
-    conda:
-        ENV
+    params:
+        # The results file records the resolved config: any change of it rewrites the file.
+        config=config,
+        models=lambda w: plan.models_behind(w.model),
     script:
         "../workflow_scripts/report_tables.py"
 
@@ -72,8 +75,6 @@ rule viewer:
         "results/logs/viewer/{model}.log",
     benchmark:
         "results/benchmarks/viewer/{model}.tsv"
-    conda:
-        ENV
     script:
         "../workflow_scripts/viewer.py"
 
@@ -97,8 +98,6 @@ if PUBLISHED:
             "results/logs/import_published.log",
         benchmark:
             "results/benchmarks/import_published.tsv"
-        conda:
-            ENV
         params:
             data_dir=str(plan.data_location),
         script:
@@ -126,8 +125,6 @@ rule cell:
         "results/logs/cell/{model}/{intervention}/{shift}.log",
     benchmark:
         "results/benchmarks/cell/{model}/{intervention}/{shift}.tsv"
-    conda:
-        ENV
     params:
         capability_interventions=config["capability_interventions"],
         seed=config["seed"],

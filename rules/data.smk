@@ -12,8 +12,6 @@ rule download_data:
         "results/logs/download_data.log",
     benchmark:
         "results/benchmarks/download_data.tsv"
-    conda:
-        ENV
     params:
         data_dir=config["data_dir"],
         data_url=config["data_url"],
@@ -33,8 +31,6 @@ rule materialise:
         "results/logs/materialise/{dataset}/{split}.log",
     benchmark:
         "results/benchmarks/materialise/{dataset}/{split}.tsv"
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(2000),
@@ -55,8 +51,6 @@ rule shift_registry:
         "results/logs/shift_registry.log",
     benchmark:
         "results/benchmarks/shift_registry.tsv"
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(1000),

@@ -21,8 +21,6 @@ rule score_reward_model:
         "results/logs/score_reward_model/{model}/{dataset}.log",
     benchmark:
         "results/benchmarks/score_reward_model/{model}/{dataset}.tsv"
-    conda:
-        ENV
     threads: config["threads"]
     resources:
         **gpu_job_resources("score_reward_model"),
@@ -30,6 +28,7 @@ rule score_reward_model:
         limit=plan.cap("test"),
         scoring=SCORING,
         context_policy=config["context_policy"],
+        versions=job_versions("score_reward_model"),
     script:
         "../workflow_scripts/score_reward_model.py"
 
@@ -47,8 +46,6 @@ rule predict_reward_model:
     wildcard_constraints:
         intervention=_alternatives(REWARD_MODELS or ["-"]),
         train="none",
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(1000),
@@ -70,8 +67,6 @@ rule predict_dpo:
     wildcard_constraints:
         intervention=_alternatives(DPO or ["-"]),
         train="none",
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(1000),

@@ -15,8 +15,6 @@ rule forward:
         "results/logs/forward/{model}/{dataset}.log",
     benchmark:
         "results/benchmarks/forward/{model}/{dataset}.tsv"
-    conda:
-        ENV
     threads: config["threads"]
     resources:
         **gpu_job_resources("forward"),
@@ -27,6 +25,7 @@ rule forward:
         },
         scoring=SCORING,
         context_policy=config["context_policy"],
+        versions=job_versions("forward"),
     script:
         "../workflow_scripts/forward.py"
 
@@ -44,8 +43,6 @@ rule score_few_shot:
         "results/logs/score_few_shot/{model}/{eval}.log",
     benchmark:
         "results/benchmarks/score_few_shot/{model}/{eval}.tsv"
-    conda:
-        ENV
     threads: config["threads"]
     resources:
         **gpu_job_resources("score_few_shot"),
@@ -53,5 +50,6 @@ rule score_few_shot:
         sources=lambda w: plan.few_shot_sources(w.eval),
         scoring=SCORING,
         context_policy=config["context_policy"],
+        versions=job_versions("score_few_shot"),
     script:
         "../workflow_scripts/score_few_shot.py"

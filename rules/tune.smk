@@ -22,8 +22,6 @@ rule tune:
         "results/benchmarks/tune/{model}/{intervention}/{train}.tsv"
     wildcard_constraints:
         intervention=_alternatives(TUNED or ["-"]),
-    conda:
-        ENV
     threads: config["threads"]
     resources:
         **gpu_job_resources("tune"),
@@ -33,5 +31,6 @@ rule tune:
         evals=lambda w: plan.tuned_evals(w.intervention, w.train),
         limit=plan.cap("test"),
         context_policy=config["context_policy"],
+        versions=lambda w: job_versions("tune", params=plan.params(w.intervention)),
     script:
         "../workflow_scripts/tune.py"
