@@ -25,10 +25,10 @@ import torch
 
 from genies.data.chat import mark
 from genies.errors import GeniesError
+from genies.io import MODEL_INFO_FILE, read_model_info  # noqa: F401 - MODEL_INFO_FILE re-exported
 from genies.models.context import max_positions
 from genies.models.layout import WEIGHT_SHARE, model_layout
 
-MODEL_INFO_FILE = "genies_model.json"
 LINK_FILE = "genies_model_link.json"
 DTYPES = {
     "float32": torch.float32,
@@ -243,8 +243,7 @@ def is_sequence_classifier(config) -> bool:
 
 def registry_spec(model_dir) -> dict:
     """The registry entry a prepared model directory was made from ({} for a plain HF one)."""
-    info = Path(model_dir) / MODEL_INFO_FILE
-    return json.loads(info.read_text()).get("spec", {}) if info.is_file() else {}
+    return read_model_info(model_dir).get("spec", {})
 
 
 def _device_map_target(dev: torch.device):
