@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
-EXTRAS="test,dev,bench,browser"
+EXTRAS="test,dev,browser"  # as setup.sh: lm-eval (the `bench` extra) stays out of the lock
 python=("$VENV/bin/python")
 if [ "${1:-}" = "--upgrade" ]; then
     # Eager: every dependency to its newest allowed version, except torch, which stays the
@@ -21,6 +21,11 @@ if [ "${1:-}" = "--upgrade" ]; then
         --upgrade-strategy eager -e ".[$EXTRAS]" "torch==$torch"
     echo "upgraded $VENV; run the tests, then: bash lock.sh"
     exit 0
+fi
+if "${python[@]}" -m pip show --quiet lm-eval >/dev/null 2>&1; then
+    echo "lock.sh: $VENV has lm-eval (the bench extra), which requirements.lock leaves out;" \
+        "lock from a .venv without it (bash setup.sh in a fresh checkout)" >&2
+    exit 1
 fi
 version=$("${python[@]}" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 frozen=$(mktemp)

@@ -7,7 +7,9 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 TORCH=2.13.0
 CPU_INDEX=https://download.pytorch.org/whl/cpu
-EXTRAS="test,dev,bench,browser"
+# Not `bench`: its lm-eval (bench/bench_peers.py) brings some 35 packages the tests do not need;
+# its other packages come with these (README, "Dependencies").
+EXTRAS="test,dev,browser"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 

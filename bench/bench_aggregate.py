@@ -6,8 +6,10 @@ them untrained, train = none) over S shifts among D datasets, with every file a 
 dataset). Pairs per file are chosen so the total is about --rows. Every shift is put in the
 GENIES set (and in the extreme or probing set by its label), so the paired prompt bootstrap
 (`genies.results.significance`, 1000 draws) covers all of them: the worst case. Then times
-`genies.results.aggregate.build_database` and prints its per-step seconds, the number of cells and
-what the bootstrap covered.
+reading the prediction files, plain (`genies.data.predictions.read_predictions`) and checked
+against their test splits (`genies.results.verify.read_checked`, what the workflow does), and
+`genies.results.aggregate.build_database`, and prints its per-step seconds, the number of cells
+and what the bootstrap covered.
 
     .venv/bin/python bench/bench_aggregate.py [--rows 1000000] [--models 3] [--interventions 10]
 """
@@ -23,11 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genies.data.predictions import PREDICTION_SCHEMA
+from genies.data.predictions import PREDICTION_SCHEMA, read_predictions
 from genies.data.shifts import Shift, shifts_table
 from genies.io import write_parquet
 from genies.results.aggregate import build_database
 from genies.results.significance import N_RESAMPLES
+from genies.results.verify import PredictionFile, read_checked
 
 UNTRAINED = ("zero_shot", "random")
 
@@ -90,6 +93,19 @@ def prediction_file(model, intervention, train, eval_dataset, n_examples, rng) -
     )
 
 
+def split_table(eval_dataset, n_examples) -> pa.Table:
+    """The columns of a materialised test split that the check and the datasets table read:
+    three responses per example, the first preferred (two pairs each)."""
+    return pa.table(
+        {
+            "example_id": pa.array([f"{eval_dataset}/test/{i}" for i in range(n_examples)]),
+            "preferred": pa.array(np.zeros(n_examples, np.int8)),
+            "dispreferred": pa.array([[1, 2]] * n_examples, pa.list_(pa.int8())),
+            "n_responses": pa.array(np.full(n_examples, 3, np.int8)),
+        }
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -109,7 +125,7 @@ def main() -> None:
 
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench_aggregate_"))
     start = time.perf_counter()
-    files = []
+    files, expected = [], []
     for m in range(args.models):
         model = f"model_{m}"
         for intervention, train, eval_dataset in keys:
@@ -118,6 +134,13 @@ def main() -> None:
             table = prediction_file(model, intervention, train, eval_dataset, n_examples, rng)
             write_parquet(table, path, {"job": "predict", "model": model, "seconds": 1.0})
             files.append(path)
+            group = (model, intervention, train, eval_dataset)
+            expected.append(PredictionFile(str(path), "predict", (group,)))
+    data_files = []
+    for eval_dataset in sorted({e for _, _, e in keys}):
+        path = root / f"results/data/{eval_dataset}/test.parquet"
+        write_parquet(split_table(eval_dataset, n_examples), path, {"split": "test"})
+        data_files.append(path)
     shifts_file = root / "results/shifts.parquet"
     sets = {
         "genies": shifts,
@@ -131,11 +154,19 @@ def main() -> None:
     )
 
     start = time.perf_counter()
+    read_predictions(files)
+    plain = time.perf_counter() - start
+    start = time.perf_counter()
+    predictions = read_checked(expected, data_files, None)
+    checked = time.perf_counter() - start
+    print(f"read the prediction files: {plain:.2f} s; read and check them: {checked:.2f} s")
+    start = time.perf_counter()
     stats = build_database(
-        root / "results/results.duckdb",
+        root / "results/database/results.duckdb",
         shifts_file=shifts_file,
-        data_files=[],
-        prediction_files=files,
+        data_files=data_files,
+        predictions=predictions,
+        run_files=files,
     )
     total = time.perf_counter() - start
     print(f"prediction rows: {stats['prediction_rows']:,}")

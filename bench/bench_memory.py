@@ -17,17 +17,16 @@ of live tensors times the CPU allocator overhead (genies.models.memory.ALLOCATOR
         [--budget-gb 0.5] [--micro 4] [--examples 48] [--only train|score]
     .venv/bin/python bench/bench_memory.py --table [--write docs/memory.md]
 
---table prints the planned memory of LLaMA-7B/13B/30B/70B shapes at the paper settings on
-80 GB and 141 GB GPUs (weights, KV cache, activations, the micro-batch chosen), with sequence
-lengths measured on the GENIES data with the SmolLM2 tokenizer as a proxy for LLaMA's; with
---write it replaces the table in docs/memory.md.
+--table prints the planned memory of LLaMA-7B/13B/30B/65B/70B and Llama-3-8B shapes at the
+paper settings on 80 GB and 141 GB GPUs (weights, KV cache, activations, the micro-batch
+chosen), with sequence lengths measured on the GENIES data with the SmolLM2 tokenizer as a
+proxy for LLaMA's; with --write it replaces the table in docs/memory.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import subprocess
@@ -49,6 +48,7 @@ from genies.models.memory import (
     TrainingCosts,
     TrainingSetup,
 )
+from genies.pipeline.gpus import gpu_capacity_bytes, gpus_for
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER = {"batch_size": 32, "max_length": None, "device": "cpu"}
@@ -58,7 +58,9 @@ LLAMA = {
     "llama-7b": Shape(32, 4096, 32, 32, 128, 11008, 32000),
     "llama-13b": Shape(40, 5120, 40, 40, 128, 13824, 32000),
     "llama-30b": Shape(60, 6656, 52, 52, 128, 17920, 32000),
-    "llama-70b": Shape(80, 8192, 64, 8, 128, 28672, 32000),
+    "llama-65b": Shape(80, 8192, 64, 64, 128, 22016, 32000),
+    "llama-70b": Shape(80, 8192, 64, 8, 128, 28672, 32000),  # Llama-2-70B
+    "llama-3-8b": Shape(32, 4096, 32, 8, 128, 14336, 128256),  # a 128k vocabulary
 }
 GPUS_GB = (80, 141)
 MARGIN_GB = 2.0  # memory.margin_gb default
@@ -298,9 +300,12 @@ def lora_setup(shape: Shape, quantized: bool) -> TrainingSetup:
 
 
 def gpu_budget(weights: int, gpu_gb: float) -> tuple[int, int]:
-    """(GPUs, budget bytes) of a model whose weights take `weights` bytes on such GPUs."""
-    gpus = max(1, math.ceil(weights / (0.8 * gpu_gb * 1e9)))
-    free = gpu_gb * 1e9 - weights / gpus - CONTEXT_GB * GIB
+    """(GPUs, budget bytes) of a model whose weights take `weights` bytes on GPUs sold as
+    `gpu_gb` GB: the count `genies.pipeline.gpus` asks for, each GPU of the memory torch
+    reports (`genies.pipeline.gpus.GPU_CAPACITY_BYTES`)."""
+    capacity = gpu_capacity_bytes(gpu_gb)
+    gpus = gpus_for(weights, capacity)
+    free = capacity - weights / gpus - CONTEXT_GB * GIB
     return gpus, int(gpus * max(free - MARGIN_GB * GIB, 0))
 
 

@@ -10,6 +10,7 @@ class DataError(GeniesError):
 
     def __init__(self, path, message, record=None, field=None):
         self.path = str(path)
+        self.message = message
         self.record = record
         self.field = field
         where = self.path

@@ -84,18 +84,17 @@ def remove_path(path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path, scratch: bool = False):
+def atomic_path(path, scratch=None):
     """Yield a temporary path next to `path`; rename it onto `path` only on success.
 
-    With `scratch`, the temporary file is written in node-local space ($TMPDIR, when set)
-    and copied next to `path` only when complete: large files written piecemeal (memory-mapped
-    activations) then never stream to shared storage.
+    With a `scratch` folder (`genies.scratch.choose_scratch`), the temporary file is written
+    there and copied next to `path` only when complete: large files written piecemeal
+    (memory-mapped activations) then never stream to shared storage.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    local = scratch_dir() if scratch else None
-    work = local / f"genies-{os.getpid()}-{path.name}" if local else tmp
+    work = Path(scratch) / f"genies-{os.getpid()}-{path.name}" if scratch else tmp
     try:
         yield work
         if work != tmp:
@@ -105,12 +104,6 @@ def atomic_path(path, scratch: bool = False):
         for leftover in {tmp, work}:
             if leftover.exists():
                 leftover.unlink()
-
-
-def scratch_dir() -> Path | None:
-    """Node-local temporary space: $TMPDIR when it is set and exists (SLURM sets it per job)."""
-    value = os.environ.get("TMPDIR")
-    return Path(value) if value and Path(value).is_dir() else None
 
 
 def write_parquet(table: pa.Table, path, metadata: dict | None = None) -> None:
@@ -135,6 +128,16 @@ def read_model_info(model_dir) -> dict:
     registry entry (`spec`) and what its preparation found (`description`)."""
     info = Path(model_dir) / MODEL_INFO_FILE
     return json.loads(info.read_text()) if info.is_file() else {}
+
+
+def models_of(*paths) -> dict:
+    """The `models` provenance of the Parquet files a job reads: every prepared model (registry
+    name -> source, Hub repository and commit, ...) that those files, and so the job's output,
+    derive from. A job that loads a model records it itself (`RunRecord(..., models=...)`)."""
+    models = {}
+    for path in paths:
+        models.update(read_provenance(path).get("models", {}))
+    return models
 
 
 def write_json(obj, path) -> None:
@@ -170,7 +173,13 @@ def git_commit(repo_dir=None) -> str | None:
 
 
 class RunRecord:
-    """Collects provenance for one job; `finish()` returns the dict to store with its output."""
+    """Collects provenance for one job; `finish()` returns the dict to store with its output.
+
+    A job whose output derives from a model passes `models`: registry name -> where the prepared
+    model came from (`genies.models.loading.model_run` makes the record of a job that loads the
+    model; `models_of` reads it from a job's inputs), so every run names the Hub commit its
+    numbers come from.
+    """
 
     def __init__(self, job: str, **fields):
         self.start = time.time()

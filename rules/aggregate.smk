@@ -8,21 +8,30 @@ PUBLISHED_FILES = list(published.OUTPUTS.values()) if PUBLISHED else []
 
 localrules:
     aggregate,
+    publish_database,
     cell,
     report_tables,
     viewer,
     genies_table,
 
 
+# Every rule here starts with plan.require_data: without the data the plan is empty, and a job
+# run on it would fail and cost its old outputs; the input function stops the run first.
+
+
+# The workflow's own database (BUILT_DATABASE), from prediction files checked against their
+# splits (genies.results.verify). It refuses to start while results/results.duckdb is open
+# read-write elsewhere (it could not be replaced).
 rule aggregate:
     input:
+        plan.require_data,
         shifts=SHIFTS,
         data=plan.data_files(),
         forward=plan.forward_files(),
         predictions=plan.prediction_files(),
         published=PUBLISHED_FILES,
     output:
-        DATABASE,
+        BUILT_DATABASE,
     log:
         "results/logs/aggregate.log",
     benchmark:
@@ -30,13 +39,34 @@ rule aggregate:
     params:
         capability_interventions=config["capability_interventions"],
         seed=config["seed"],
+        expectations=plan.expectations(),
+        test_examples=plan.cap("test"),
+        database=DATABASE,
     script:
         "../workflow_scripts/aggregate.py"
 
 
+# results/results.duckdb, the database users open: a copy of the built one, swapped in whole.
+# `update`: Snakemake never deletes it, so it stays there while the next one is built and after a
+# failed build; what was changed in it is kept aside (genies.results.database).
+rule publish_database:
+    input:
+        plan.require_data,
+        database=BUILT_DATABASE,
+    output:
+        update(DATABASE),
+    log:
+        "results/logs/publish_database.log",
+    benchmark:
+        "results/benchmarks/publish_database.tsv"
+    script:
+        "../workflow_scripts/publish_database.py"
+
+
 rule report_tables:
     input:
-        database=DATABASE,
+        plan.require_data,
+        database=BUILT_DATABASE,
         models=lambda w: [
             MODEL_DIR.format(model=m) for m in plan.models_behind(w.model)
         ],
@@ -61,7 +91,8 @@ rule report_tables:
 # in the report needs `snakemake --report report.zip` (an .html report cannot hold folders).
 rule viewer:
     input:
-        database=DATABASE,
+        plan.require_data,
+        database=BUILT_DATABASE,
         data=plan.data_files(),
     output:
         report(
@@ -88,9 +119,10 @@ if PUBLISHED:
     # the config selects): seconds, on the submit host.
     rule import_published:
         input:
+            plan.require_data,
             published=PUBLISHED,
             data=lambda w: sorted(
-                {plan.raw_input(d, "test") for d in plan.available_datasets}
+                {plan.raw_input(d, "test") for d in plan.genies_datasets}
             ),
         output:
             **published.OUTPUTS,
@@ -108,6 +140,7 @@ if PUBLISHED:
 # not regenerate a missing intermediate file while the database built from it is current).
 rule genies_table:
     input:
+        plan.require_data,
         DATABASE,
         plan.prediction_files(),
         expand(list(REPORT_TEMPLATES.values()), model=plan.models),
@@ -117,8 +150,12 @@ rule genies_table:
 # One cell, rebuilt from only its own inputs: snakemake results/cells/<model>/<intervention>/<shift>.json
 rule cell:
     input:
+        plan.require_data,
         shifts=SHIFTS,
         predictions=lambda w: plan.cell_files(w.model, w.intervention, w.shift),
+        data=lambda w: plan.test_files(
+            plan.cell_expectations(w.model, w.intervention, w.shift)
+        ),
     output:
         CELL,
     log:
@@ -128,5 +165,7 @@ rule cell:
     params:
         capability_interventions=config["capability_interventions"],
         seed=config["seed"],
+        expectations=lambda w: plan.cell_expectations(w.model, w.intervention, w.shift),
+        test_examples=plan.cap("test"),
     script:
         "../workflow_scripts/cell.py"

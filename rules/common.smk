@@ -24,14 +24,17 @@ sys.path.insert(0, workflow.basedir)
 from genies.pipeline import cluster
 from genies.pipeline import interventions as registry
 from genies.pipeline.config import check_config
-from genies.pipeline.gpus import config_gpus
+from genies.pipeline.gpus import check_model_gpus, config_gpus
 from genies.pipeline.software import job_versions
+from genies.scratch import scratch_in_memory
 from genies.data.download import missing_data_message
 from genies.pipeline.plan import (
     ADAPTER,
+    BUILT_DATABASE,
     CELL,
     DATA,
     DATABASE,
+    DISTRIBUTION_PIN,
     DOWNLOADED_DATA,
     FEW_SHOT_PROMPTS,
     FEW_SHOT_SCORES,
@@ -50,6 +53,13 @@ from genies.pipeline.plan import (
 
 check_config(config)
 plan = Plan(config)
+# A model's GPU count comes from the config alone; weights this host can read check it now,
+# before any job runs (and the prepare_model job checks it where they are always readable).
+for name in {
+    *config["run_models"],
+    *(m for e in plan.entries.values() for m in e.reads),
+}:
+    check_model_gpus(config, name)
 if plan.data_missing:  # said first: without the data, only download_data can run
     logger.warning(missing_data_message(config["data_dir"], config["data_url"]))
 
@@ -66,7 +76,9 @@ wildcard_constraints:
     model=_alternatives(config["models"]),
     split="train|test",
     intervention=_alternatives({**registry.REGISTRY, **plan.entries}),
-    shift=_alternatives(s.shift_id for s in plan.shifts),
+    # Without the data any shift matches, so that a cell target reaches its rule, whose input
+    # function stops the run with the advice (plan.require_data), not "no rule to produce".
+    shift=".+" if plan.data_missing else _alternatives(s.shift_id for s in plan.shifts),
 
 
 GPU_MODEL_ENV = "GENIES_SLURM_GPU_MODEL"  # the GPU type of models that do not name one
@@ -134,13 +146,29 @@ def gpu_job_resources(job):
             return None
         return plan.params(wildcards.intervention).get("quantization")
 
+    def mem_mb(wildcards, attempt):
+        return cluster.host_mem_mb(
+            spec(wildcards), on_gpu, attempt, config["scoring"]["dtype"]
+        )
+
+    def mem_mb_with_scratch(wildcards, input, attempt):
+        # known once the data and the model are built: <TBD> in a dry run before that
+        work = plan.forward_work(wildcards.dataset, wildcards.model)
+        scratch = cluster.activation_file_bytes(
+            work,
+            dict(zip(work, input.data)),
+            {split: plan.cap(split) for split in work},
+            input.model,
+        )
+        return mem_mb(wildcards, attempt) + math.ceil(scratch / cluster.MB)
+
+    # a tmpfs scratch holds the activation file in the job's memory (genies.scratch)
+    in_memory = job == "forward" and scratch_in_memory(config.get("scratch_dir"))
     resources = {
         "gpu": lambda w: config_gpus(config, w.model, quantization=quantization(w)),
         "nodes": 1,  # a model's GPUs are on one node: accelerate spreads it over local devices
         "cpus_per_gpu": job_threads,
-        "mem_mb": lambda w, attempt: cluster.host_mem_mb(
-            spec(w), on_gpu, attempt, config["scoring"]["dtype"]
-        ),
+        "mem_mb": mem_mb_with_scratch if in_memory else mem_mb,
         "runtime": by_model_size(*MODEL_JOB_MINUTES[job]),
         "attempt": lambda w, attempt: attempt,
     }

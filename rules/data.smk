@@ -1,5 +1,6 @@
 localrules:
     download_data,
+    pin_distribution,
 
 
 # Fetches the GENIES archive from data_url to DOWNLOADED_DATA when data_dir is missing (the library
@@ -31,6 +32,8 @@ rule materialise:
         "results/logs/materialise/{dataset}/{split}.log",
     benchmark:
         "results/benchmarks/materialise/{dataset}/{split}.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(plan.genies_datasets),
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(2000),
@@ -40,6 +43,50 @@ rule materialise:
         long_example_chars=config["long_example_chars"],
     script:
         "../workflow_scripts/materialise.py"
+
+
+# A distribution of the user's own (`distributions:`, genies.data.distributions): its pin fixes
+# what both splits read (a Hub revision's commit, downloaded into the Hugging Face cache, or the
+# local files' sha256). Local: it may download, and compute nodes are often offline. An edited
+# file reruns it (input), and then both splits and everything that reads them.
+rule pin_distribution:
+    input:
+        lambda w: plan.distribution_files(w.dataset),
+    output:
+        DISTRIBUTION_PIN,
+    log:
+        "results/logs/pin_distribution/{dataset}.log",
+    benchmark:
+        "results/benchmarks/pin_distribution/{dataset}.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(plan.distributions),
+    params:
+        source=lambda w: plan.distribution_source(w.dataset),
+    script:
+        "../workflow_scripts/pin_distribution.py"
+
+
+# The same Parquet file as `materialise` writes for a GENIES dataset, from the pinned source.
+rule materialise_distribution:
+    input:
+        DISTRIBUTION_PIN,
+    output:
+        DATA,
+    log:
+        "results/logs/materialise/{dataset}/{split}.log",
+    benchmark:
+        "results/benchmarks/materialise/{dataset}/{split}.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(plan.distributions),
+    resources:
+        cpus_per_task=job_threads,
+        mem_mb=by_attempt(4000),
+        runtime=by_attempt(15),
+    params:
+        spec=lambda w: plan.distributions[w.dataset],
+        long_example_chars=config["long_example_chars"],
+    script:
+        "../workflow_scripts/materialise_distribution.py"
 
 
 rule shift_registry:

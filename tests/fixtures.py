@@ -148,22 +148,27 @@ def tiny_llama(attn: str = "sdpa", vocab: int = 300):
     return LlamaForCausalLM(cfg).eval()
 
 
-LLAMA_SHAPES = {  # layers, hidden, intermediate, vocab of the LLaMA-1 checkpoints
-    "7b": (32, 4096, 11008, 32000),
-    "30b": (60, 6656, 17920, 32000),
+LLAMA_SHAPES = {  # layers, hidden, intermediate, vocab, KV heads of the released checkpoints
+    "7b": (32, 4096, 11008, 32000, 32),
+    "13b": (40, 5120, 13824, 32000, 40),
+    "30b": (60, 6656, 17920, 32000, 52),
+    "65b": (80, 8192, 22016, 32000, 64),
+    "70b": (80, 8192, 28672, 32000, 8),  # Llama-2-70B
+    "8b-128k": (32, 4096, 14336, 128256, 8),  # Llama-3-8B
 }
 
 
 def fake_llama_dir(root: Path, size: str, shards: int = 2) -> Path:
     """A local model directory whose safetensors files have a LLaMA checkpoint's headers and
     sizes but no data (sparse files: nothing is written to disk), for resource planning."""
-    layers, hidden, inter, vocab = LLAMA_SHAPES[size]
+    layers, hidden, inter, vocab, kv_heads = LLAMA_SHAPES[size]
+    kv = 128 * kv_heads  # head size 128
     tensors = {"model.embed_tokens.weight": [vocab, hidden], "lm_head.weight": [vocab, hidden]}
     tensors["model.norm.weight"] = [hidden]
     for i in range(layers):
         p = f"model.layers.{i}."
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            tensors[f"{p}self_attn.{name}.weight"] = [hidden, hidden]
+        for name, rows in (("q_proj", hidden), ("k_proj", kv), ("v_proj", kv), ("o_proj", hidden)):
+            tensors[f"{p}self_attn.{name}.weight"] = [rows, hidden]
         for name, shape in (("gate_proj", [inter, hidden]), ("up_proj", [inter, hidden])):
             tensors[f"{p}mlp.{name}.weight"] = shape
         tensors[f"{p}mlp.down_proj.weight"] = [hidden, inter]
@@ -184,7 +189,10 @@ def fake_llama_dir(root: Path, size: str, shards: int = 2) -> Path:
         with open(path, "wb") as f:
             f.write(struct.pack("<Q", len(raw)) + raw)
             f.truncate(8 + len(raw) + offset)
-    (root / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": hidden}))
+    config = {"model_type": "llama", "hidden_size": hidden, "num_hidden_layers": layers,
+              "num_attention_heads": hidden // 128, "num_key_value_heads": kv_heads,
+              "intermediate_size": inter, "vocab_size": vocab}  # fmt: skip
+    (root / "config.json").write_text(json.dumps(config))
     return root
 
 
@@ -216,4 +224,78 @@ def tiny_reward_model_dir(root: Path, seed: int = 3, chat_template: bool = False
     root = Path(root)
     model.save_pretrained(root)
     tokenizer.save_pretrained(root)
+    return root
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """Rows of the user's own preference data, in the format of `path`'s suffix: .json (an
+    array), .jsonl, .parquet or .csv (columns of scalars only)."""
+    import pyarrow as pa
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix == ".parquet":
+        pyarrow.parquet.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        pyarrow.csv.write_csv(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def preference_pairs(n: int, seed: int, marker: str = "good") -> list[dict]:
+    """`make_examples` as prompt/chosen/rejected rows (the `pairs` layout), with a bare
+    question as the prompt and a scalar column to keep as metadata."""
+    rows = []
+    for i, ex in enumerate(make_examples(n, 2, seed, marker)):
+        (chosen,) = [t for t, s in ex["responses"].items() if s == 1.0]
+        (rejected,) = [t for t, s in ex["responses"].items() if s == 0.0]
+        question = f"Write about {ex['instruction']} ({i})."
+        rows.append({"question": question, "chosen": chosen, "rejected": rejected, "id": i})
+    return rows
+
+
+def llama1_dir(root: Path) -> Path:
+    """A LLaMA-1-style model folder built offline: a tiny random Llama (safetensors) whose
+    tokenizer is only a sentencepiece tokenizer.model (BPE, byte fallback, dummy prefix, as
+    Meta's) with a LlamaTokenizer tokenizer_config.json; no tokenizer.json."""
+    import sentencepiece as spm
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    words = ("apple river stone cloud garden music paper window forest candle silver ocean "
+             "Response Instruction Human Assistant the a of and to in is that it was for on "
+             "are with as I his they be at one have this").split()  # fmt: skip
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(words) for _ in range(12)) + f" {rng.randint(0, 999)}."
+             for _ in range(3000)]  # fmt: skip
+    lines += ["### Instruction:\nWrite about apples.\n\n### Response:\nSure: café naïve 東京"] * 5
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(lines))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(root / "tokenizer"), vocab_size=400,
+        model_type="bpe", byte_fallback=True, split_digits=True, add_dummy_prefix=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=0.9995,
+        allow_whitespace_only_pieces=True, minloglevel=2,
+    )  # fmt: skip
+    corpus.unlink()
+    (root / "tokenizer.vocab").unlink()
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (root / "special_tokens_map.json").write_text(json.dumps(special))
+    (root / "tokenizer_config.json").write_text(json.dumps({
+        **special, "model_max_length": 2048, "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+    }))  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=400, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(root)
     return root

@@ -40,10 +40,26 @@ JOB_FIELDS = (
 )
 
 
+def _stale_link() -> bool:
+    """True when DEFAULT_CONF is a link into one of our temporary clusters that is gone: a
+    test run killed before `stop()` leaves it behind, and nothing else can use it."""
+    if not DEFAULT_CONF.is_symlink():
+        return False
+    target = Path(os.readlink(DEFAULT_CONF))
+    ours = target.parent.name.startswith("genies-slurm-") and target.name == "slurm.conf"
+    return ours and not target.parent.exists()
+
+
+def remove_stale_link() -> None:
+    if _stale_link():
+        DEFAULT_CONF.unlink()
+
+
 def unavailable_reason() -> str | None:
     """None when a cluster can be installed and started here, else why not."""
     if os.geteuid() != 0:
         return "needs root (installs Debian packages and runs slurmd as root)"
+    remove_stale_link()
     if not all(shutil.which(c) for c in COMMANDS) and not shutil.which("apt-get"):
         return "SLURM is not installed and apt-get is not available"
     if DEFAULT_CONF.exists() or DEFAULT_CONF.is_symlink():

@@ -5,12 +5,11 @@ import torch
 from genies.forward.activations import (
     ActivationCapture,
     ActivationWriter,
-    activation_shapes,
     decoder_layers,
     load_activations,
 )
 from genies.forward.scoring import score_naive, score_tokenized
-from genies.models.loading import model_layout
+from genies.models.layout import activation_shapes, model_layout
 
 from .fixtures import tiny_llama
 

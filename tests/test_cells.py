@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from genies.data.predictions import predictions_table
+from genies.data.predictions import predictions_table, read_predictions
 from genies.data.shifts import Shift, shifts_table
 from genies.io import write_parquet
 from genies.pipeline.plan import prediction_path
@@ -249,7 +249,13 @@ def write_example_results(root, results=RESULTS, models=(MODEL,), sets=SETS, shi
     shifts_file = root / "results/shifts.parquet"
     pq.write_table(shifts_table(shifts, sets), shifts_file)
     database = root / "results/results.duckdb"
-    stats = build_database(database, shifts_file=shifts_file, data_files=[], prediction_files=files)
+    stats = build_database(
+        database,
+        shifts_file=shifts_file,
+        data_files=[],
+        predictions=read_predictions(files),
+        run_files=files,
+    )
     return database, stats
 
 
@@ -265,7 +271,6 @@ def test_database_views(tmp_path):
     database, stats = write_example_results(tmp_path)
     assert stats["cells"] == 6 and stats["prediction_rows"] == 72
     assert set(stats["seconds"]) == {
-        "read_predictions",
         "runs",
         "cells",
         "significance",
@@ -367,7 +372,7 @@ def test_columns_average_over_their_own_sets_and_models_may_cover_other_shifts(t
         database,
         shifts_file=tmp_path / "results/shifts.parquet",
         data_files=[],
-        prediction_files=[],
+        predictions=read_predictions([]),
         extra_tables={"cells": pa.concat_tables([mine, theirs])},
     )
     columns = (

@@ -88,6 +88,7 @@ def test_only_what_a_method_reads_is_stored(everything, setup):
 def test_provenance_records_the_work_and_every_pass(everything, setup):
     prov = read_provenance(setup / "all.parquet")
     assert prov["params"]["work"] == WORK and prov["dataset"] == "tgt_b"
+    assert prov["models"] == {"tiny": {"source": "tiny"}}  # genies.models.loading.model_provenance
     assert set(prov["passes"]) == {"test/plain", "test/lat2", "test/yesno", "train/plain"}
     assert all(p["tokens_unique"] > 0 for p in prov["passes"].values())
 

@@ -23,6 +23,9 @@ TORCH_FREE = (
     "genies.io",
     "genies.seeds",
     "genies.progress",
+    "genies.hub",
+    "genies.scratch",
+    "genies.versions",
     "genies.data.*",
     "genies.models.layout",
     "genies.models.tokens",
@@ -34,6 +37,8 @@ TORCH_FREE = (
 )
 CPU_ONLY_SCRIPTS = (
     "materialise",
+    "pin_distribution",
+    "materialise_distribution",
     "shift_registry",
     "download_data",
     "few_shot_prompts",
@@ -43,6 +48,7 @@ CPU_ONLY_SCRIPTS = (
     "predict_dpo",
     "import_published",
     "aggregate",
+    "publish_database",
     "cell",
     "report_tables",
     "viewer",

@@ -244,7 +244,7 @@ def test_local_source_bad_paths(tmp_path):
 
 
 def test_unknown_source(tmp_path):
-    with pytest.raises(ValueError, match="allowed sources: smollm2, local, tiny"):
+    with pytest.raises(ValueError, match="allowed sources: smollm2, local, hf, tiny"):
         prepare_model({"source": "hub", "name": "gpt2"}, tmp_path / "out")
     with pytest.raises(ValueError, match="unknown model source None"):
         prepare_model({}, tmp_path / "out")

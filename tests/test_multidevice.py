@@ -1,4 +1,5 @@
-"""Models spread over several devices (issue 10): accelerate device maps, GPU counts.
+"""Models spread over several devices (issue 10): accelerate device maps (GPU counts:
+tests/test_gpus.py).
 
 No GPU here: the model is spread over the CPU and disk offload instead, which runs through the
 same accelerate hooks (`AlignDevicesHook` per block, inputs moved to each block's device,
@@ -8,22 +9,18 @@ training step must equal the single-device run.
 
 from __future__ import annotations
 
-import json
-import struct
-
 import numpy as np
 import pytest
 import torch
 
-from genies.forward.activations import ActivationCapture, activation_shapes
+from genies.forward.activations import ActivationCapture
 from genies.forward.scoring import score_tokenized
 from genies.methods.tuned.reward_model import build_reward_model, collate, preference_loss
 from genies.methods.tuned.training import resolve_params
-from genies.models import layout
+from genies.models.layout import activation_shapes
 from genies.models.loading import ModelError, load_model
 from genies.models.prepare import prepare_model
 from genies.models.tokens import tokenize_examples
-from genies.pipeline import gpus
 
 # Layer 1 and the LM head are offloaded to disk: their weights are loaded for each call.
 DISK_MAP = {
@@ -156,78 +153,3 @@ def test_training_step_equals_single_device(tiny_dir, tmp_path, method):
 def test_several_gpus_need_cuda(tiny_dir):
     with pytest.raises(ModelError, match="needs CUDA"):
         load_model(tiny_dir, device="cpu", gpus=2)
-
-
-# ------------------------------------------------------------------ GPU count (no torch needed)
-
-
-def _write_safetensors(path, tensors: dict[str, tuple[str, list[int]]]) -> None:
-    header, offset = {}, 0
-    for name, (dtype, shape) in tensors.items():
-        size = int(np.prod(shape)) * layout.DTYPE_BYTES[dtype]
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + offset)
-
-
-@pytest.fixture
-def fake_llama(tmp_path):
-    """A 'local' model folder whose two shards hold 1e6 + 2 * 4e6 (blocks) parameters."""
-    _write_safetensors(
-        tmp_path / "model-00001.safetensors",
-        {"model.embed_tokens.weight": ("F16", [1000, 500]), "lm_head.weight": ("F16", [500, 1000])},
-    )
-    _write_safetensors(
-        tmp_path / "model-00002.safetensors",
-        {
-            "model.layers.0.self_attn.q_proj.weight": ("BF16", [2000, 2000]),
-            "model.layers.1.mlp.up_proj.weight": ("F32", [1000, 4000]),
-            "model.layers.0.input_layernorm.weight": ("F32", [2000]),
-        },
-    )
-    return tmp_path
-
-
-def test_weight_bytes_from_headers(fake_llama):
-    shapes = layout.safetensors_shapes(fake_llama)
-    assert shapes["model.layers.1.mlp.up_proj.weight"] == ("F32", (1000, 4000))
-    n_blocks, n_other = 8_000_000, 1_000_000 + 2000
-    assert layout.weight_bytes(shapes, 2) == 2 * (n_blocks + n_other)
-    assert layout.weight_bytes(shapes, 4) == 4 * (n_blocks + n_other)
-    nf4 = layout.weight_bytes(shapes, 2, quantization="nf4")
-    assert nf4 == pytest.approx(n_blocks * layout.NF4_BYTES + 2 * n_other, abs=1)
-
-
-def test_model_gpus(fake_llama):
-    spec = {"source": "local", "path": str(fake_llama)}
-    size = 2 * 9_002_000  # bfloat16 bytes
-    assert gpus.model_gpus(spec, None) == 1  # GPU size unknown
-    assert gpus.model_gpus(spec, 1.0) == 1
-    # exactly the share of 2 GPUs holds it, a little less needs 3
-    gb = size / (2 * layout.WEIGHT_SHARE * 1e9)
-    assert gpus.model_gpus(spec, gb) == 2
-    assert gpus.model_gpus(spec, gb * 0.99) == 3
-    assert gpus.model_gpus(spec, gb, quantization="nf4") == 1
-    assert gpus.model_gpus({**spec, "gpus": 4}, gb) == 4  # the registry's word wins
-    # unreadable path: params_b; neither: 1
-    assert gpus.model_gpus({"source": "local", "path": "/nowhere", "params_b": 70}, 80) == 3
-    assert gpus.model_gpus({"source": "local", "path": "/nowhere", "params_b": 70}, 141) == 2
-    assert gpus.model_gpus({"source": "smollm2"}, 80) == 1
-    with pytest.raises(gpus.GpuCountError, match="integer >= 1"):
-        gpus.model_gpus({**spec, "gpus": 0}, 80)
-
-
-def test_config_gpus_reads_site_memory_and_dtype():
-    config = {
-        "models": {"big": {"source": "local", "path": "/nowhere", "params_b": 70}},
-        "scoring": {"dtype": "auto"},
-        "memory": {"gpu_memory_gb": 80},
-    }
-    assert gpus.config_gpus(config, "big") == 3
-    assert gpus.config_gpus(config, "big", dtype="float32") == 5
-    assert gpus.config_gpus(config, "big", quantization="nf4") == 1
-    assert gpus.config_gpus({**config, "memory": {}}, "big") == 1

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pytest
 
 from genies.data.materialise import load_split
-from genies.data.predictions import expand_pairs, predictions_table
+from genies.data.predictions import expand_pairs, predictions_table, read_predictions
 from genies.data.raw import RawData
 from genies.data.shifts import load_shifts, shift_sets, shifts_table
 from genies.errors import ConfigError
@@ -309,7 +309,8 @@ def test_database_sets_published_pairs_beside_ours(imported, tmp_path):
         database,
         shifts_file=shifts_file,
         data_files=[],
-        prediction_files=[ours],
+        predictions=read_predictions([ours]),
+        run_files=[ours],
         capability_interventions=["zero_shot"],
         published_files=list(imported["paths"].values()),
     )

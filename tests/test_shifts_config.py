@@ -168,6 +168,12 @@ def test_config_defaults_and_errors(folder):
         validate_config({**config, "models": {"m": {"source": "hub"}}})
     with pytest.raises(ConfigError, match="'path' is a required property"):
         validate_config({**config, "models": {"m": {"source": "local"}}})
+    with pytest.raises(ConfigError, match="'repo' is a required property"):
+        validate_config({**config, "models": {"m": {"source": "hf", "revision": "main"}}})
+    with pytest.raises(ConfigError, match="models/m/repo"):
+        validate_config({**config, "models": {"m": {"source": "hf", "repo": "a/b/c"}}})
+    hub = {"source": "hf", "repo": "org/model-1.5", "revision": "v1", "link": True}
+    assert validate_config({**config, "models": {"m": hub}})["models"]["m"] == hub
     with pytest.raises(ConfigError, match="does not match"):
         validate_config(
             {**config, "models": {"../evil": {"source": "tiny"}}, "run_models": ["../evil"]}

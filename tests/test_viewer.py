@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from genies.data.materialise import examples_table
-from genies.data.predictions import expand_pairs, predictions_table
+from genies.data.predictions import expand_pairs, predictions_table, read_predictions
 from genies.data.shifts import Shift, shifts_table
 from genies.errors import GeniesError
 from genies.io import write_parquet
@@ -124,7 +124,8 @@ def build_fixture(root):
         database,
         shifts_file=shifts_file,
         data_files=data_files,
-        prediction_files=files,
+        predictions=read_predictions(files),
+        run_files=files,
         capability_interventions=["zero_shot"],
     )
     return database, data_files

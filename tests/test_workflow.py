@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,17 @@ from genies.forward.zero_shot import read_scores
 from genies.io import read_provenance
 
 from .fixtures import GENIES_SHIFTS, make_examples, make_genies_folder, workflow_config
-from .workflow import REPO, planned_jobs, planned_outputs, snakemake, snakemake_with, write_config
+from .test_database import POLLER, crashed_writer, start, tables
+from .workflow import (
+    DOWNSTREAM,
+    REPO,
+    planned_jobs,
+    planned_outputs,
+    snakemake,
+    snakemake_command,
+    snakemake_with,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +40,12 @@ def workdir(tmp_path_factory):
     data = make_genies_folder(root / "genies-data")
     write_config(root, workflow_config(data))
     snakemake(root, "genies_table")
+    # The table of an uninterrupted run, before any test changes the data (test_kill_9_...).
+    shutil.copy(root / TABLE, root / "uninterrupted.csv")
     return root
+
+
+TABLE = "results/genies_table/tiny.csv"
 
 
 def query(workdir, sql):
@@ -83,9 +99,7 @@ def test_second_run_does_nothing(workdir):
 def test_deleting_one_prediction_rebuilds_only_it(workdir):
     target = "results/predictions/tiny/zero_shot/none/tgt_c.parquet"
     os.remove(workdir / target)
-    assert planned_jobs(workdir) == Counter(
-        predict_zero_shot=1, aggregate=1, report_tables=1, viewer=1, genies_table=1
-    )
+    assert planned_jobs(workdir) == Counter(predict_zero_shot=1) + DOWNSTREAM
     assert target in planned_outputs(workdir)
     snakemake(workdir, "genies_table")
     assert planned_jobs(workdir) == Counter()
@@ -96,15 +110,7 @@ def test_editing_one_dataset_reruns_only_its_jobs(workdir):
     path = workdir / "genies-data/distributions/tgt_b/test.json"
     path.write_text(json.dumps(make_examples(5, 3, 99)))
     jobs = planned_jobs(workdir)
-    assert jobs == Counter(
-        materialise=1,
-        forward=1,
-        predict_zero_shot=1,
-        aggregate=1,
-        report_tables=1,
-        viewer=1,
-        genies_table=1,
-    )
+    assert jobs == Counter(materialise=1, forward=1, predict_zero_shot=1) + DOWNSTREAM
     outputs = planned_outputs(workdir)
     assert "results/data/tgt_b/test.parquet" in outputs
     assert "results/forward/tiny/tgt_b.parquet" in outputs
@@ -187,6 +193,7 @@ def test_adding_a_model_or_shift_adds_only_new_jobs(workdir):
             forward=4,
             predict_zero_shot=4,
             aggregate=1,
+            publish_database=1,
             report_tables=2,
             viewer=2,
             genies_table=1,
@@ -197,9 +204,7 @@ def test_adding_a_model_or_shift_adds_only_new_jobs(workdir):
         write_config(workdir, {**config, "shifts": str(shifts)})
         # tgt_b -> src_a needs no dataset the run does not have: only the shift table and
         # what reads it.
-        assert planned_jobs(workdir) == Counter(
-            shift_registry=1, aggregate=1, report_tables=1, viewer=1, genies_table=1
-        )
+        assert planned_jobs(workdir) == Counter(shift_registry=1) + DOWNSTREAM
     finally:
         write_config(workdir, config)
     assert planned_jobs(workdir) == Counter()
@@ -247,3 +252,120 @@ def test_reading_the_snakefile_imports_no_torch_or_plotting():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]", (modules, proc.stdout)
+
+
+BUILT = ("results/results.duckdb", "results/database/results.duckdb", TABLE)
+VIEWER = "results/viewer/tiny/index.html"
+
+
+def states(workdir, paths=(*BUILT, VIEWER)) -> dict:
+    """(inode, mtime) of each file; None where it does not exist."""
+    found = {}
+    for p in paths:
+        stat = os.stat(workdir / p) if (workdir / p).exists() else None
+        found[p] = stat and (stat.st_ino, stat.st_mtime_ns)
+    return found
+
+
+def test_missing_data_stops_every_target_before_any_job(workdir):
+    """Without the data nothing runs, so nothing built is deleted (the viewer used to run,
+    fail and lose its old output)."""
+    before = states(workdir)
+    data = workdir / "genies-data"
+    data.rename(workdir / "elsewhere")
+    try:
+        for target in ("genies_table", "results/viewer/tiny", TABLE, BUILT[0], CELL):
+            proc = snakemake(workdir, target, check=False)
+            console = proc.stdout + proc.stderr
+            assert proc.returncode != 0, target
+            assert f"data_dir '{data}' does not exist. Set data_dir" in console, target
+            assert "InputFunctionException" in console and "Select jobs to execute" not in console
+    finally:
+        (workdir / "elsewhere").rename(data)
+    assert states(workdir) == before
+    assert planned_jobs(workdir) == Counter()
+
+
+def test_a_bad_prediction_file_stops_the_aggregation(workdir):
+    path = "results/predictions/tiny/zero_shot/none/tgt_b.parquet"
+    complete = pq.read_table(workdir / path)
+    before = states(workdir)
+    pq.write_table(complete.slice(0, complete.num_rows // 2), workdir / path)
+    for target in ("genies_table", "results/cells/tiny/zero_shot/src_a__tgt_b.json"):
+        proc = snakemake(workdir, target, check=False)
+        console = proc.stdout + proc.stderr
+        assert proc.returncode != 0
+        half = complete.num_rows - complete.num_rows // 2
+        assert f"{path} (made by rule predict_zero_shot):" in console, console[-3000:]
+        assert f"{half} of {complete.num_rows} pairs missing (tgt_b/test/" in console
+        assert f"rm '{path}'" in console
+    # The database users open, the tables and the viewer are the last complete ones (Snakemake
+    # deleted only the failed job's output, the workflow's own database).
+    assert states(workdir) == {**before, BUILT[1]: None}
+    os.remove(workdir / path)  # as the message says
+    snakemake(workdir, "genies_table")
+    assert pq.read_table(workdir / path).num_rows == complete.num_rows
+    assert planned_jobs(workdir) == Counter()
+
+
+def test_readers_never_miss_the_database_and_lose_nothing(workdir, tmp_path):
+    """A reader polls results/results.duckdb through a whole aggregation; a writer that was
+    killed left its log beside it (which used to fail every later job)."""
+    public = workdir / BUILT[0]
+    crashed_writer(public)
+    stop = tmp_path / "stop"
+    poller = start(POLLER.replace("max(version)", "count(*)"), public, stop)
+    try:
+        snakemake(workdir, "genies_table", "--forcerun", "aggregate")
+    finally:
+        stop.touch()
+        out, _ = poller.communicate(timeout=60)
+    report = json.loads(out)
+    assert report["failures"] == 0, report["errors"]
+    assert sum(report["seen"].values()) > 10
+    (kept,) = (workdir / "results/database/previous").glob("*.duckdb")
+    assert "mine" in tables(kept) and "mine" not in tables(public)
+    assert not (workdir / "results/results.duckdb.wal").exists()
+    log = (workdir / "results/logs/publish_database.log").read_text()
+    assert f"as results/database/previous/{kept.name}: a process that opened it" in log
+    assert planned_jobs(workdir) == Counter()
+
+
+def test_kill_9_then_what_the_readme_says(workdir, tmp_path):
+    """SIGKILL a run of the README's command, type what README "If a run is interrupted"
+    says, and get the table of an uninterrupted run."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### If a run is interrupted", 1)[1].split("\n### ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split()[1:] for line in block.splitlines() if line.strip()]
+    assert commands == [["--unlock"], ["--cores", "all", "genies_table"]]
+    make_genies_folder(tmp_path / "genies-data")
+    write_config(tmp_path, workflow_config(tmp_path / "genies-data"))
+    run = subprocess.Popen(
+        snakemake_command(tmp_path, "--cores", "all", targets=["genies_table"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 600
+        while not list((tmp_path / "results/forward").glob("*/*.parquet")):
+            assert run.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # Snakemake and the jobs it runs
+        run.wait()
+    assert not (tmp_path / TABLE).exists()
+    proc = subprocess.run(commands_for(tmp_path, commands[1]), capture_output=True, text=True)
+    assert proc.returncode != 0 and "Directory cannot be locked" in proc.stdout + proc.stderr
+    for command in commands:
+        proc = subprocess.run(commands_for(tmp_path, command), capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / TABLE).read_text() == (workdir / "uninterrupted.csv").read_text()
+
+
+def commands_for(workdir, args) -> list:
+    """A README command line (`.venv/bin/snakemake` + args) run in `workdir`: its target, if
+    it ends with one, goes first (snakemake_command)."""
+    target = args[-1:] if len(args) > 1 and not args[-1].startswith("-") else []
+    return snakemake_command(workdir, *args[: len(args) - len(target)], targets=target)

@@ -18,7 +18,7 @@ from genies.io import read_provenance
 from genies.results.metrics import rms_calibration_error
 
 from .fixtures import TRAINED_INTERVENTIONS, make_genies_folder, workflow_config
-from .workflow import planned_jobs, snakemake, write_config
+from .workflow import DOWNSTREAM, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.e2e
 CAPS = {"train_examples": 6, "test_examples": 4}
@@ -30,7 +30,6 @@ INTERVENTIONS = {
     "lora": TRAINED_INTERVENTIONS["lora"],
 }
 # What every rerun ends with: the database and what is made from it, per model.
-DOWNSTREAM = Counter(aggregate=1, report_tables=1, viewer=1, genies_table=1)
 CONFIGS = {}
 
 

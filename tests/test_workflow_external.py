@@ -1,7 +1,6 @@
 """End to end: a sequence-classification reward model (chat template) and a DPO policy of one's
 own enter genies_table as interventions of their base run model."""
 
-import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -10,7 +9,7 @@ from genies.forward.zero_shot import read_scores
 from genies.results import metrics
 
 from .fixtures import make_genies_folder, tiny_reward_model_dir, workflow_config
-from .workflow import planned_jobs, snakemake, write_config
+from .workflow import planned_jobs, query, snakemake, write_config
 
 pytestmark = pytest.mark.e2e
 BETA = 0.5
@@ -37,16 +36,6 @@ def workdir(tmp_path_factory):
     write_config(root, config)
     snakemake(root, "genies_table")
     return root
-
-
-def query(workdir, sql):
-    con = duckdb.connect(str(workdir / "results/results.duckdb"), read_only=True)
-    try:
-        cursor = con.execute(sql)
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    finally:
-        con.close()
 
 
 def test_both_appear_in_genies_table_under_their_base(workdir):

@@ -9,12 +9,15 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import duckdb
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # Snakemake with some installed package versions replaced: a simulated upgrade (fake_versions.py).
 FAKE_VERSIONS = REPO / "tests" / "fake_versions.py"
+#: The jobs a change of any result reruns besides its own: the aggregation and what reads it.
+DOWNSTREAM = Counter(aggregate=1, publish_database=1, report_tables=1, viewer=1, genies_table=1)
 
 
 def write_config(workdir: Path, config: dict) -> Path:
@@ -87,3 +90,14 @@ def planned_outputs(workdir: Path, *targets: str, extra=()) -> list[str]:
     proc = snakemake(workdir, "--dry-run", *(targets or ("genies_table",)), *extra)
     lines = re.findall(r"^\s+output: (.+)$", proc.stdout + proc.stderr, flags=re.M)
     return [path for line in lines for path in line.split(", ")]
+
+
+def query(workdir: Path, sql: str) -> list[dict]:
+    """The rows of a query of the workflow's results.duckdb, as dicts."""
+    con = duckdb.connect(str(workdir / "results/results.duckdb"), read_only=True)
+    try:
+        cursor = con.execute(sql)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    finally:
+        con.close()

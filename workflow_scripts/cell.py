@@ -2,10 +2,13 @@
 
 from genies.pipeline.jobs import log_file_of, setup_logging
 from genies.results.cells import write_cell
+from genies.results.verify import PredictionFile
 
 setup_logging(log_file_of(snakemake))
 write_cell(
-    list(snakemake.input.predictions),
+    [PredictionFile.of(entry) for entry in snakemake.params.expectations],
+    list(snakemake.input.data),
+    snakemake.params.test_examples,
     snakemake.input.shifts,
     snakemake.output[0],
     snakemake.wildcards.model,

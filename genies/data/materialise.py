@@ -14,13 +14,14 @@ import json
 import logging
 import numbers
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genies.data.raw import RawData, split_path
 from genies.errors import DataError
-from genies.io import RunRecord, write_parquet
+from genies.io import RunRecord, read_provenance, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -210,14 +211,39 @@ def materialise(
     long_example_chars: int | None = LONG_EXAMPLE_CHARS,
 ) -> list[str]:
     """Validate one split and write it as Parquet; return the data-defect warnings."""
-    run = RunRecord("materialise", dataset=dataset, split=split, source=str(raw_location))
+    run = RunRecord("materialise", dataset=dataset, split=split)
     raw = RawData(raw_location)
     table = load_split(raw, dataset, split)
     train = load_split(raw, dataset, "train") if split == "test" else None
-    warnings = defect_warnings(table, train, long_example_chars)
+    return write_split(
+        table,
+        out_path,
+        run,
+        train_table=train,
+        long_example_chars=long_example_chars,
+        origin="genies",
+        location=str(raw_location),
+    )
+
+
+def write_split(
+    table: pa.Table,
+    out_path,
+    run: RunRecord,
+    *,
+    train_table: pa.Table | None = None,
+    long_example_chars: int | None = LONG_EXAMPLE_CHARS,
+    warnings=(),
+    **provenance,
+) -> list[str]:
+    """Write a materialised split with its provenance: `warnings` and the data defects
+    (`defect_warnings`, against `train_table` for a test split), each logged; return them."""
+    warnings = [*warnings, *defect_warnings(table, train_table, long_example_chars)]
+    dataset, split = run.fields["dataset"], run.fields["split"]
     for w in warnings:
         log.warning("data defect in %s/%s: %s", dataset, split, w)
-    write_parquet(table, out_path, run.finish(n_examples=table.num_rows, warnings=warnings))
+    metadata = run.finish(n_examples=table.num_rows, warnings=warnings, **provenance)
+    write_parquet(table, out_path, metadata)
     return warnings
 
 
@@ -225,3 +251,10 @@ def read_examples(path, limit: int | None = None) -> pa.Table:
     """Read a materialised split, keeping the first `limit` examples (None = all)."""
     table = pq.read_table(path)
     return table if limit is None else table.slice(0, limit)
+
+
+def split_of(path) -> tuple[str, str]:
+    """(dataset, split) of a materialised file: from its provenance, else from its path
+    (`results/data/<dataset>/<split>.parquet`)."""
+    prov = read_provenance(path)
+    return prov.get("dataset", Path(path).parent.name), prov.get("split", Path(path).stem)

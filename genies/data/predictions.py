@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from genies.io import RunRecord, models_of
+
 PREDICTION_SCHEMA = pa.schema(
     [
         ("model", pa.string()),
@@ -36,6 +38,19 @@ PREDICTION_SCHEMA = pa.schema(
 )
 # What the context columns hold when a writer (or an older file) does not say.
 CONTEXT_DEFAULTS = {"prompt_tokens_cut": 0, "skipped": False}
+
+
+def prediction_run(model, intervention, train, eval_dataset, *inputs) -> RunRecord:
+    """The provenance record of a predict job that reads the model outputs `inputs` (Parquet
+    files of jobs that ran the model): it names the prepared models they came from."""
+    return RunRecord(
+        "predict",
+        model=model,
+        intervention=intervention,
+        train=train,
+        eval=eval_dataset,
+        models=models_of(*inputs),
+    )
 
 
 def expand_pairs(examples: pa.Table) -> dict[str, np.ndarray]:
@@ -106,18 +121,25 @@ def predictions_table(
 
 
 def read_predictions(files) -> pa.Table:
+    return read_prediction_files(files)[0]
+
+
+def read_prediction_files(files) -> tuple[pa.Table, np.ndarray]:
+    """The rows of every file, file after file, and how many rows each file holds."""
     if not files:
-        return PREDICTION_SCHEMA.empty_table()
+        return PREDICTION_SCHEMA.empty_table(), np.zeros(0, np.int64)
     dataset = pads.dataset([str(f) for f in files], format="parquet", schema=PREDICTION_SCHEMA)
+    tables = [part.to_table(schema=PREDICTION_SCHEMA) for part in dataset.get_fragments()]
+    counts = np.array([t.num_rows for t in tables], np.int64)
     # One chunk per file otherwise: DuckDB ingests (and the cells encode) one contiguous chunk
     # about twice as fast as thousands of small ones.
-    table = dataset.to_table().combine_chunks()
+    table = pa.concat_tables(tables).combine_chunks()
     for name, default in CONTEXT_DEFAULTS.items():  # files from before the context columns
         column = table.column(name)
         if column.null_count:
             i = table.schema.get_field_index(name)
             table = table.set_column(i, name, pc.fill_null(column, default))
-    return table
+    return table, counts
 
 
 def pair_probabilities(scores_preferred, scores_dispreferred) -> np.ndarray:

@@ -12,7 +12,8 @@ caller's example-major order), at the text's last token:
 Forward pre-hooks sit on just the modules needed (each decoder layer and each `o_proj`); no
 layer's full hidden states are kept. Rows are written into a pre-sized safetensors file
 through a memory map as batches finish, so memory is bounded by the batch, not the dataset;
-the file is written in node-local scratch space ($TMPDIR) and copied into place when complete.
+the file is written in node-local scratch space (`genies.scratch`: config ``scratch_dir``, else
+$TMPDIR when it has room) and copied into place when complete.
 One file may hold several tensors (the forward job names them "<split>/<stimulus>/<kind>").
 """
 
@@ -44,7 +45,15 @@ def _head_projection(layer):
 class ActivationWriter:
     """A safetensors file of fixed-shape tensors, filled row by row through a memory map."""
 
-    def __init__(self, path, tensors: dict[str, tuple[tuple[int, ...], np.dtype]], metadata=None):
+    def __init__(
+        self,
+        path,
+        tensors: dict[str, tuple[tuple[int, ...], np.dtype]],
+        metadata=None,
+        scratch=None,
+    ):
+        """`scratch`: the folder to write the file in before it is copied to `path`
+        (`genies.scratch.choose_scratch`, which checks its room); None: beside `path`."""
         header, offset = {}, 0
         for name, (shape, dtype) in tensors.items():
             dtype = np.dtype(dtype)
@@ -59,7 +68,7 @@ class ActivationWriter:
             header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
-        self._atomic = atomic_path(path, scratch=True)
+        self._atomic = atomic_path(path, scratch=scratch)
         self._tmp = self._atomic.__enter__()
         with open(self._tmp, "wb") as f:
             f.write(struct.pack("<Q", len(raw)))
@@ -152,18 +161,6 @@ class ActivationCapture:
         for h in self._handles:
             h.remove()
         self._handles = []
-
-
-def activation_shapes(n_rows: int, layout: dict, heads: bool, resid_layers) -> dict:
-    """Tensor shapes of one (split, stimulus): `resid_layers` "all", a list, or None (none)."""
-    layers, hidden = layout["num_layers"], layout["hidden_size"]
-    shapes = {}
-    if heads:
-        shapes["heads"] = ((n_rows, layers, layout["num_heads"], layout["head_dim"]), np.float16)
-    if resid_layers is not None:
-        n = layers if resid_layers == "all" else len(resid_layers)
-        shapes["resid"] = ((n_rows, n, hidden), np.float16)
-    return shapes
 
 
 def load_activations(path) -> dict[str, np.ndarray]:

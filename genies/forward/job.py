@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,17 +23,20 @@ import torch
 
 from genies.data.materialise import read_examples
 from genies.data.stimuli import stimulus_turns
-from genies.forward.activations import ActivationCapture, ActivationWriter, activation_shapes
+from genies.forward.activations import ActivationCapture, ActivationWriter
 from genies.forward.baselines import fit_few_shot
 from genies.forward.scoring import score_tokenized
 from genies.forward.zero_shot import FORWARD_SCHEMA
-from genies.io import RunRecord, write_parquet
+from genies.io import write_parquet
 from genies.models.context import fit_examples, max_positions, prompt_token_counter
-from genies.models.loading import load_model, resolve_device
+from genies.models.layout import activation_shapes, resolve_layers
+from genies.models.loading import load_model, model_run, resolve_device
 from genies.models.memory import Budget
 from genies.models.tokens import appended_tokens, tokenize_examples
+from genies.pipeline.cluster import activation_file_bytes
 from genies.pipeline.defaults import JOB_DEFAULTS, SCORING_DEFAULTS
 from genies.progress import ProgressLog
+from genies.scratch import choose_scratch
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +51,6 @@ def tensor_name(split: str, stimulus: str, kind: str) -> str:
 def layers_key(split: str, stimulus: str, kind: str) -> str:
     """Metadata key of the layers a tensor holds (absent: all layers, in order)."""
     return f"{tensor_name(split, stimulus, kind)}.layers"
-
-
-def resolve_layers(layers, n_layers: int):
-    """ "all", or the sorted distinct layer indices (negative ones count from the last)."""
-    if layers == "all":
-        return "all"
-    resolved = set()
-    for layer in map(int, layers):
-        if not -n_layers <= layer < n_layers:
-            raise ValueError(f"layer {layer} is outside the model's {n_layers} layers")
-        resolved.add(layer % n_layers)
-    return sorted(resolved)
 
 
 class _Pass:
@@ -174,11 +166,21 @@ def run_forward(
     """Run `work` on `dataset` (data_files: split -> materialised Parquet) with one model load.
 
     `scoring` holds batch_tokens, device and dtype (config `scoring`); `job` how the job runs
-    (`JOB_DEFAULTS`: threads, GPUs, memory settings, retry attempt, context policy).
+    (`JOB_DEFAULTS`: threads, GPUs, memory settings, retry attempt, context policy, scratch
+    folder). Where the activation file is written is settled, and its room checked, before the
+    model loads (`genies.scratch.choose_scratch`).
     """
     limits = limits or {}
     params = {"work": work, "limits": limits}
-    with _ModelJob("forward", model_dir, model_name, scoring, job, params, dataset=dataset) as mj:
+    planned = activation_file_bytes(work, data_files, limits, model_dir)
+    scratch = None
+    if planned:
+        setting = {**JOB_DEFAULTS, **(job or {})}["scratch_dir"]
+        Path(activations_path).parent.mkdir(parents=True, exist_ok=True)
+        scratch = choose_scratch(planned, setting, Path(activations_path).parent)
+    with _ModelJob(
+        "forward", model_dir, model_name, scoring, job, params, scratch, dataset=dataset
+    ) as mj:
         passes = []
         for split, stimuli in work.items():
             examples = read_examples(data_files[split], limits.get(split))
@@ -214,12 +216,15 @@ def run_few_shot_scores(
 class _ModelJob:
     """One model load, its memory budget and provenance, serving several scoring passes."""
 
-    def __init__(self, name, model_dir, model_name, scoring, job, params, **fields):
+    def __init__(self, name, model_dir, model_name, scoring, job, params, scratch=None, **fields):
         self.scoring = {**SCORING_DEFAULTS, **(scoring or {})}
         self.job = {**JOB_DEFAULTS, **(job or {})}
         self.model_name = model_name
-        self.run = RunRecord(name, model=model_name, params={**params, **self.scoring}, **fields)
+        self.run = model_run(
+            name, model_name, model_dir, params={**params, **self.scoring}, **fields
+        )
         self.model_dir = model_dir
+        self.scratch = scratch  # where the activation file is written first (None: beside it)
 
     def __enter__(self):
         if self.job["threads"]:
@@ -266,7 +271,7 @@ class _ModelJob:
             meta["num_layers"] = loaded.layout["num_layers"]
             for p in passes:
                 meta.update(p.metadata())
-            writer = ActivationWriter(activations_path, tensors, meta)
+            writer = ActivationWriter(activations_path, tensors, meta, self.scratch)
         if tensors:
             capture = ActivationCapture(loaded.model, loaded.layout["num_heads"])
         tables, stats = [], {}

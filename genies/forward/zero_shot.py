@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genies.data.predictions import expand_pairs, pair_rows
-from genies.io import RunRecord, write_parquet
+from genies.data.predictions import expand_pairs, pair_rows, prediction_run
+from genies.io import write_parquet
 
 FORWARD_SCHEMA = pa.schema(
     [
@@ -115,9 +115,7 @@ def write_zero_shot_predictions(
     """Predictions from the test split's `plain` scores of the forward job (zero-shot), or
     from the few-shot scores of one source (`intervention="few_shot"`, `train` = the source;
     `data_file` is then the few-shot prompts file, which lists the scored examples)."""
-    run = RunRecord(
-        "predict", model=model, intervention=intervention, train=train, eval=eval_dataset
-    )
+    run = prediction_run(model, intervention, train, eval_dataset, forward_file)
     if intervention == "few_shot":
         scores = read_scores(forward_file, train=train)
     else:

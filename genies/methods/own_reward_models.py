@@ -41,9 +41,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genies.data.materialise import read_examples
-from genies.data.predictions import expand_pairs, pair_rows
+from genies.data.predictions import expand_pairs, pair_rows, prediction_run
 from genies.forward.zero_shot import FORWARD_SCHEMA, read_scores, response_matrix
-from genies.io import RunRecord, write_parquet
+from genies.io import write_parquet
 
 #: A sequence classifier's reward of every test response (`genies.methods.reward_classifier`).
 REWARD_SCORES_SCHEMA = pa.schema(
@@ -81,8 +81,7 @@ def write_reward_model_predictions(
     """Predictions of a sequence classifier from its scores
     (`genies.methods.reward_classifier.write_reward_scores`)."""
     labels = {"model": model, "intervention": intervention, "train": "none", "eval": eval_dataset}
-    run = RunRecord("predict", model=model, intervention=intervention, train="none",
-                    eval=eval_dataset)  # fmt: skip
+    run = prediction_run(model, intervention, "none", eval_dataset, scores_file)
     scores = pq.read_table(scores_file)
     data = read_examples(data_file)
     what = f"reward scores of {eval_dataset} ({scores_file})"
@@ -125,8 +124,7 @@ def write_dpo_predictions(
     """Predictions of a DPO policy's implicit reward from the test split's `plain` forward
     scores of the policy and of its reference (module docstring)."""
     labels = {"model": model, "intervention": intervention, "train": "none", "eval": eval_dataset}
-    run = RunRecord("predict", model=model, intervention=intervention, train="none",
-                    eval=eval_dataset)  # fmt: skip
+    run = prediction_run(model, intervention, "none", eval_dataset, policy_file, reference_file)
     policy, reference = (
         read_scores(path, split="test", stimulus="plain").select(FORWARD_SCHEMA.names)
         for path in (policy_file, reference_file)

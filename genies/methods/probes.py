@@ -75,8 +75,8 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from genies.data.materialise import read_examples
-from genies.data.predictions import expand_pairs, predictions_table
-from genies.io import RunRecord, atomic_path, write_json, write_parquet
+from genies.data.predictions import expand_pairs, prediction_run, predictions_table
+from genies.io import RunRecord, atomic_path, models_of, write_json, write_parquet
 from genies.methods import ccs as ccs_probe
 from genies.methods.calibration import (
     PRECISIONS,
@@ -628,7 +628,13 @@ def run_fit(
     fit chunks of units side by side, one torch thread each, which gives the same probes as
     one thread; CCS runs torch's own threads."""
     torch.set_num_threads(threads)
-    run = RunRecord("fit", intervention=method, train=dataset, params=dict(params or {}))
+    run = RunRecord(
+        "fit",
+        intervention=method,
+        train=dataset,
+        params=dict(params or {}),
+        models=models_of(rows_file),
+    )
     source = load_probe_input(method, dataset, "train", data_file, activations, rows_file, limit)
     state = fit(method, source, params, seed)
     save_state(state, *state_paths, provenance=run.finish(n_examples=source.shape[0]))
@@ -650,7 +656,7 @@ def run_predict(
 ):
     """The predict job: per-pair predictions of a fitted probe on an eval split."""
     torch.set_num_threads(threads)
-    run = RunRecord("predict", model=model, intervention=method, train=train, eval=eval_dataset)
+    run = prediction_run(model, method, train, eval_dataset, rows_file)
     state = load_state(*state_paths)
     target = load_probe_input(
         method, eval_dataset, "test", data_file, activations, rows_file, limit

@@ -21,7 +21,7 @@ import torch
 
 from genies.data import chat
 from genies.data.materialise import read_examples
-from genies.io import RunRecord, write_parquet
+from genies.io import write_parquet
 from genies.methods.own_reward_models import REWARD_SCORES_SCHEMA
 from genies.methods.tuned.reward_model import example_rewards, explain_oom, pad_id_of
 from genies.models.context import DEFAULT_POLICY, fit_examples, max_positions
@@ -29,6 +29,7 @@ from genies.models.loading import (
     ModelError,
     is_sequence_classifier,
     load_model,
+    model_run,
     resolve_device,
     resolve_model_dir,
 )
@@ -203,9 +204,10 @@ def write_reward_scores(
     job = {**JOB_DEFAULTS, **(job or {})}
     if job["threads"]:
         torch.set_num_threads(job["threads"])
-    run = RunRecord(
+    run = model_run(
         "score_reward_model",
-        model=model_name,
+        model_name,
+        model_dir,
         dataset=dataset,
         split="test",
         params={"limit": limit, "context_policy": job["context_policy"], **scoring},

@@ -16,8 +16,15 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 from genies.errors import GeniesError
+
+# A prepared model directory of a `link: true` registry entry holds this file, which names the
+# folder of its weights (`genies.models.prepare`).
+LINK_FILE = "genies_model_link.json"
 
 # Weights may use at most this share of each GPU (the rest: KV cache, activations, buffers):
 # the GPU count (`genies.pipeline.gpus`) and the device map's `max_memory`
@@ -26,6 +33,9 @@ WEIGHT_SHARE = 0.8
 # Bytes per parameter of a 4-bit NF4 weight with double quantisation (bitsandbytes, blocks of
 # 64): 4 bits, an 8-bit absmax per block and a float32 absmax per 256 blocks.
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+# Bytes per parameter that bitsandbytes leaves unquantised (embeddings, LM head, norms) in a 4-bit
+# model once peft's prepare_model_for_kbit_training has run: it casts them to float32.
+KBIT_UNQUANTISED_BYTES = 4
 DTYPE_BYTES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
     "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
@@ -126,23 +136,37 @@ def parameter_count(shapes: dict) -> int:
     return sum(math.prod(shape) for _, shape in shapes.values())
 
 
-def weight_bytes(shapes: dict, dtype_bytes: float = 2, quantization: str | None = None) -> int:
-    """Bytes of the weights once loaded: floating tensors at `dtype_bytes` each.
+def loaded_bytes(
+    quantisable: float, other: float, dtype_bytes: float = 2, quantization: str | None = None
+) -> int:
+    """Bytes of floating weights once loaded: `quantisable` parameters (the 2-D weights of the
+    decoder blocks) and `other` ones (embeddings, LM head, norms).
 
-    With ``quantization="nf4"`` the 2-D weights inside decoder blocks take `NF4_BYTES` per
-    parameter; embeddings, the LM head and norms stay at `dtype_bytes`. Integer tensors
-    (already quantised checkpoints) count as stored.
+    The one rule of the GPU count (`genies.pipeline.gpus`), the memory model
+    (`genies.models.memory.Shape.weight_bytes`) and the header reading (`weight_bytes`):
+    `dtype_bytes` each; with ``quantization="nf4"`` the quantisable ones take `NF4_BYTES` and the
+    others `KBIT_UNQUANTISED_BYTES` (float32, as k-bit preparation leaves them).
     """
-    total = 0.0
+    if quantization == "nf4":
+        return int(math.ceil(quantisable * NF4_BYTES + other * KBIT_UNQUANTISED_BYTES))
+    return int(math.ceil((quantisable + other) * dtype_bytes))
+
+
+def weight_bytes(shapes: dict, dtype_bytes: float = 2, quantization: str | None = None) -> int:
+    """Bytes of the weights in `shapes` (`safetensors_shapes`) once loaded (`loaded_bytes`).
+
+    Integer tensors (already quantised checkpoints) count as stored.
+    """
+    stored, quantisable, other = 0, 0, 0
     for name, (dtype, shape) in shapes.items():
         numel = math.prod(shape)
         if dtype not in FLOAT_DTYPES:
-            total += numel * DTYPE_BYTES.get(dtype, 1)
-        elif quantization == "nf4" and len(shape) == 2 and _in_block(name):
-            total += numel * NF4_BYTES
+            stored += numel * DTYPE_BYTES.get(dtype, 1)
+        elif len(shape) == 2 and _in_block(name):
+            quantisable += numel
         else:
-            total += numel * dtype_bytes
-    return int(math.ceil(total))
+            other += numel
+    return stored + loaded_bytes(quantisable, other, dtype_bytes, quantization)
 
 
 def _in_block(name: str) -> bool:
@@ -167,6 +191,48 @@ def model_layout(model_or_config) -> dict:
         "head_dim": int(head_dim),
         "hidden_size": hidden,
     }
+
+
+def weights_folder(model_dir) -> Path:
+    """The folder holding a prepared model's weights and config.json: `model_dir`, or the
+    folder its `LINK_FILE` names."""
+    model_dir = Path(model_dir)
+    link = model_dir / LINK_FILE
+    if link.is_file():
+        return Path(json.loads(link.read_text())["path"])
+    return model_dir
+
+
+def config_layout(model_dir) -> dict:
+    """`model_layout` of a model directory's config.json, read without transformers."""
+    config = json.loads((weights_folder(model_dir) / "config.json").read_text())
+    config = config.get("text_config", config)  # a multimodal model's language model
+    return model_layout(SimpleNamespace(**config))
+
+
+def resolve_layers(layers, n_layers: int):
+    """ "all", or the sorted distinct layer indices (negative ones count from the last)."""
+    if layers == "all":
+        return "all"
+    resolved = set()
+    for layer in map(int, layers):
+        if not -n_layers <= layer < n_layers:
+            raise ValueError(f"layer {layer} is outside the model's {n_layers} layers")
+        resolved.add(layer % n_layers)
+    return sorted(resolved)
+
+
+def activation_shapes(n_rows: int, layout: dict, heads: bool, resid_layers) -> dict:
+    """Tensor shapes of one (split, stimulus) of a forward job's activation file
+    (`genies.forward.activations`): `resid_layers` "all", a list, or None (none)."""
+    layers, hidden = layout["num_layers"], layout["hidden_size"]
+    shapes = {}
+    if heads:
+        shapes["heads"] = ((n_rows, layers, layout["num_heads"], layout["head_dim"]), np.float16)
+    if resid_layers is not None:
+        n = layers if resid_layers == "all" else len(resid_layers)
+        shapes["resid"] = ((n_rows, n, hidden), np.float16)
+    return shapes
 
 
 def decoder_layers(model) -> list:

@@ -15,7 +15,6 @@ error (slow and numerically fragile there; use bfloat16 or float32).
 from __future__ import annotations
 
 import importlib.util
-import json
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,11 +24,12 @@ import torch
 
 from genies.data.chat import mark
 from genies.errors import GeniesError
-from genies.io import MODEL_INFO_FILE, read_model_info  # noqa: F401 - MODEL_INFO_FILE re-exported
+from genies.io import MODEL_INFO_FILE, RunRecord, read_model_info  # noqa: F401 - re-exported
 from genies.models.context import max_positions
-from genies.models.layout import WEIGHT_SHARE, model_layout
+from genies.models.layout import LINK_FILE, WEIGHT_SHARE, model_layout, weights_folder
+from genies.versions import MODEL_PACKAGES, check_versions
 
-LINK_FILE = "genies_model_link.json"
+SENTENCEPIECE_FILE = "tokenizer.model"
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -39,6 +39,8 @@ DTYPES = {
     "fp16": torch.float16,
 }
 QUANTIZATIONS = ("nf4",)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 class ModelError(GeniesError, ValueError):
@@ -87,8 +89,10 @@ def load_model(
     compute in the resolved dtype); it works on CUDA and, with bitsandbytes >= 0.48, on CPU.
     `gpus` > 1 spreads the model over that many GPUs (from `device`'s index on); `device_map`
     places modules explicitly (see the module docstring). The tokenizer's `model_max_length`
-    is set to the model's context (`genies.models.context.max_positions`).
+    is set to the model's context (`genies.models.context.max_positions`). Packages older than
+    genies declares (`genies.versions`) fail first, naming what to upgrade.
     """
+    check_versions(MODEL_PACKAGES + (("bitsandbytes",) if quantization == "nf4" else ()))
     from transformers import AutoTokenizer
 
     model_class = auto_class(task)
@@ -106,7 +110,7 @@ def load_model(
             f"unknown quantization {quantization!r}; allowed: none, {', '.join(QUANTIZATIONS)}"
         )
 
-    tokenizer = AutoTokenizer.from_pretrained(weights_dir, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(model_dir), trust_remote_code=False)
     check_fast(tokenizer, weights_dir)
 
     kwargs = {
@@ -212,16 +216,62 @@ def resolve_model_dir(model_dir) -> Path:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist; prepare the model first")
-    link = model_dir / LINK_FILE
-    if link.is_file():
-        target = Path(json.loads(link.read_text())["path"])
+    target = weights_folder(model_dir)
+    if target != model_dir:
         if not target.is_dir():
-            raise ModelError(f"{link} points at {target}, which no longer exists")
+            raise ModelError(f"{model_dir / LINK_FILE} points at {target}, which no longer exists")
         return target
     if not any(model_dir.glob("*.safetensors")):
         files = sorted(p.name for p in model_dir.iterdir())
         raise ModelError(f"model directory {model_dir} has no *.safetensors; files: {files}")
     return model_dir
+
+
+def check_model_files(files, where: str, pickle_advice: str) -> None:
+    """Refuse a model's file list (top-level names) without config.json, safetensors weights
+    or tokenizer files; `pickle_advice` says what to do when it has only pickle checkpoints
+    (refused: unpickling can execute code)."""
+    files = sorted(files)
+    if "config.json" not in files:
+        raise ModelError(f"{where} has no config.json; files found: {files}")
+    if not any(name.endswith(".safetensors") for name in files):
+        pickles = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
+        hint = (
+            f" It only has pickle checkpoints ({', '.join(pickles)}), which are refused because "
+            f"unpickling can execute code; {pickle_advice}."
+            if pickles
+            else ""
+        )
+        raise ModelError(f"{where} has no *.safetensors weights; files found: {files}." + hint)
+    if not any(name in files for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"{where} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); files "
+            f"found: {files}"
+        )
+
+
+def sentencepiece_only(folder) -> bool:
+    """Whether `folder`'s tokenizer is a tokenizer.model without a tokenizer.json (LLaMA-1
+    checkpoints): preparation converts it (`genies.models.sentencepiece_tokenizer`)."""
+    folder = Path(folder)
+    return (folder / SENTENCEPIECE_FILE).is_file() and not (folder / "tokenizer.json").is_file()
+
+
+def tokenizer_dir(model_dir) -> Path:
+    """Where a prepared model's tokenizer is: the directory itself when it holds a
+    tokenizer.json (a linked model whose sentencepiece tokenizer preparation converted), else
+    the folder of its weights."""
+    model_dir = Path(model_dir)
+    if (model_dir / "tokenizer.json").is_file():
+        return model_dir
+    folder = resolve_model_dir(model_dir)
+    if sentencepiece_only(folder):
+        raise ModelError(
+            f"the tokenizer of {model_dir} is only a sentencepiece {SENTENCEPIECE_FILE}, which "
+            f"model preparation converts to a tokenizer.json; prepare the model again "
+            f"(snakemake --forcerun prepare_model, or genies.models.prepare.prepare_model)"
+        )
+    return folder
 
 
 TASKS = ("causal_lm", "sequence_classification")
@@ -244,6 +294,25 @@ def is_sequence_classifier(config) -> bool:
 def registry_spec(model_dir) -> dict:
     """The registry entry a prepared model directory was made from ({} for a plain HF one)."""
     return read_model_info(model_dir).get("spec", {})
+
+
+PROVENANCE_KEYS = ("source", "repo", "revision", "commit", "path", "gguf_file")
+
+
+def model_provenance(model_dir) -> dict:
+    """Where a prepared model came from, for the runs that use it (`genies.io.RunRecord`): its
+    source and, for a Hub model, the repository, the configured revision and the commit it
+    resolved to at preparation; a local model's path. {} for a plain HF directory."""
+    description = read_model_info(model_dir).get("description", {})
+    return {key: description[key] for key in PROVENANCE_KEYS if key in description}
+
+
+def model_run(job: str, model_name: str, model_dir, **fields) -> RunRecord:
+    """The provenance record of a job that loads the prepared model `model_dir`: its `models`
+    name where the model came from (a Hub model's commit)."""
+    return RunRecord(
+        job, model=model_name, models={model_name: model_provenance(model_dir)}, **fields
+    )
 
 
 def _device_map_target(dev: torch.device):

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from genies.errors import GeniesError
-from genies.models.layout import NF4_BYTES, decoder_layers, model_layout
+from genies.models.layout import decoder_layers, loaded_bytes, model_layout
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,11 @@ class Shape:
             gated_mlp=getattr(config, "model_type", "llama") not in UNGATED_MLP,
         )
 
+    def layout(self) -> dict:
+        """The shape as `genies.models.layout.model_layout` gives a model's."""
+        keys = ("num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size")
+        return {key: getattr(self, key) for key in keys}
+
     def kv_bytes(self, b: float) -> float:
         """KV cache bytes per position."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * b
@@ -135,14 +140,11 @@ class Shape:
         return self.num_layers * layer + embeddings + h
 
     def weight_bytes(self, b: float, quantization: str | None = None) -> int:
-        """Loaded weight bytes (Llama layout). NF4 (`genies.models.layout.NF4_BYTES`) for the
-        decoder blocks' linear layers; the rest then in float32, as k-bit preparation leaves it."""
+        """Loaded weight bytes (Llama layout), by `genies.models.layout.loaded_bytes`: with NF4
+        the decoder blocks' linear layers are 4-bit, the rest float32 (k-bit preparation)."""
         h = self.hidden_size
         rest = 2 * self.vocab_size * h + (2 * self.num_layers + 1) * h
-        blocks = self.parameters() - rest
-        if quantization == "nf4":
-            return int(blocks * NF4_BYTES + rest * 4)
-        return int(self.parameters() * b)
+        return loaded_bytes(self.parameters() - rest, rest, b, quantization)
 
     def layer_temporaries(self, b: float) -> float:
         """Bytes per position of the largest set of tensors alive inside one layer (no grad)."""

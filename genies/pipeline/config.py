@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from genies.data.distributions import check_entry
 from genies.errors import ConfigError
 from genies.pipeline import interventions
 
@@ -54,6 +55,8 @@ def check_semantics(config: dict) -> None:
             f"{sorted(config['models'])}; add a registry entry or fix the name"
         )
     _check_interventions(config)
+    for name, spec in config["distributions"].items():
+        check_entry(name, spec)
 
 
 def _check_interventions(config: dict) -> None:

@@ -17,12 +17,14 @@ SCORING_DEFAULTS = {
     "activation_token": "last_token",
 }
 
-#: How a model job runs (config `threads`, `memory`, `context_policy`; the model's GPUs; the
-#: retry attempt, which makes the memory plan smaller after an out-of-memory failure).
+#: How a model job runs (config `threads`, `memory`, `context_policy`, `scratch_dir`; the
+#: model's GPUs; the retry attempt, which makes the memory plan smaller after an out-of-memory
+#: failure).
 JOB_DEFAULTS = {
     "threads": None,
     "gpus": 1,
     "memory": None,
     "attempt": 1,
     "context_policy": DEFAULT_POLICY,
+    "scratch_dir": None,
 }

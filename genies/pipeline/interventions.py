@@ -210,7 +210,8 @@ def _own_row(name: str, params: dict, config: dict) -> Intervention:
             raise ConfigError(
                 f"intervention {name!r} reads model {model!r}, which is not in the model "
                 f"registry (`models:`, known: {', '.join(models)}); add an entry for it (a "
-                "local Hugging Face directory: `source: local`, `path: ...`)"
+                "Hub model: `source: hf`, `repo: ...`; a local Hugging Face directory: "
+                "`source: local`, `path: ...`)"
             )
     if kind == "reward_model" and reads[0] in run_models:
         raise ConfigError(

@@ -31,12 +31,14 @@ def log_file_of(snakemake) -> str | None:
 
 def model_job(snakemake) -> dict:
     """How a model job runs (`genies.pipeline.defaults.JOB_DEFAULTS`): its threads, GPUs and retry
-    attempt from Snakemake, the context policy from its params, the memory settings from the
-    config (not a param: a budget changes batch sizes, not results, and reruns nothing)."""
+    attempt from Snakemake, the context policy from its params, the memory settings and the
+    scratch folder from the config (not params: they change where and in what batches the job
+    works, not its results, and rerun nothing)."""
     return {
         "threads": snakemake.threads,
         "gpus": int(getattr(snakemake.resources, "gpu", 1)),
         "attempt": int(getattr(snakemake.resources, "attempt", 1)),
         "memory": snakemake.config.get("memory"),
         "context_policy": snakemake.params.context_policy,
+        "scratch_dir": snakemake.config.get("scratch_dir"),
     }

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
+from genies.data.distributions import input_files, source_of
 from genies.data.download import missing_data_message
 from genies.data.raw import RawData, split_path
 from genies.data.shifts import Shift, datasets_of, load_shifts, shift_sets
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # Path templates: the rules and the aggregation both read them from here.
 DATA = "results/data/{dataset}/{split}.parquet"
+# What a distribution of the user's own reads: its Hub commit or its files' sha256.
+DISTRIBUTION_PIN = "results/data/{dataset}/source.json"
 # Where `snakemake download_data` puts the upstream archive when `data_dir` is missing.
 DOWNLOADED_DATA = "resources/genies-datasets.tar"
 SHIFTS = "results/shifts.parquet"
@@ -43,7 +46,11 @@ ADAPTER = "results/tune/{model}/{intervention}/{train}"
 PREDICTION = "results/predictions/{model}/{intervention}/{train}/{eval}.parquet"
 # A trained reward model's job predicts every dataset it is evaluated on, into one file.
 TUNED_PREDICTIONS = "results/predictions/{model}/{intervention}/{train}.parquet"
+# The database users open; a copy of BUILT_DATABASE swapped in by rule publish_database
+# (genies.results.database), so that it is there, whole, while the next one is built.
 DATABASE = "results/results.duckdb"
+# The aggregation's output, which the jobs read (report_tables, viewer); never open it yourself.
+BUILT_DATABASE = "results/database/results.duckdb"
 VIEWER = "results/viewer/{model}"  # the per-example HTML viewer of a model (genies.results.viewer)
 CELL = "results/cells/{model}/{intervention}/{shift}.json"  # the single-cell target
 
@@ -139,7 +146,8 @@ class Plan:
         return []
 
     @cached_property
-    def available_datasets(self) -> list[str]:
+    def genies_datasets(self) -> list[str]:
+        """The datasets of the GENIES data (`data_dir`)."""
         if self.data_missing:
             return []
         names = self.raw.datasets()
@@ -149,6 +157,24 @@ class Plan:
                 "distributions/<dataset>/train.json and test.json"
             )
         return names
+
+    @property
+    def distributions(self) -> dict[str, dict]:
+        """The user's own distributions (`distributions:`), name -> entry."""
+        return self.config.get("distributions") or {}
+
+    @cached_property
+    def available_datasets(self) -> list[str]:
+        """Every dataset a shift may name: the GENIES ones and the user's own distributions."""
+        if self.data_missing:
+            return []
+        clash = sorted(set(self.distributions) & set(self.genies_datasets))
+        if clash:
+            raise ConfigError(
+                f"distributions: {', '.join(clash)} is the name of a GENIES dataset; give your "
+                "distribution another name (it cannot replace a GENIES dataset)"
+            )
+        return sorted([*self.genies_datasets, *self.distributions])
 
     @cached_property
     def shifts(self) -> list[Shift]:
@@ -172,6 +198,14 @@ class Plan:
 
     def raw_input(self, dataset: str, split: str) -> str:
         return str(self.raw.local_path(split_path(dataset, split)))
+
+    def distribution_files(self, dataset: str) -> list[str]:
+        """The local files a distribution of the user's own reads (none for a Hub dataset)."""
+        return input_files(self.distributions[dataset])
+
+    def distribution_source(self, dataset: str) -> dict:
+        """The part of a distribution's entry that its pin depends on (`source_of`)."""
+        return source_of(self.distributions[dataset])
 
     def data_file(self, dataset: str, split: str) -> str:
         return DATA.format(dataset=dataset, split=split)
@@ -257,6 +291,10 @@ class Plan:
 
     def cell_files(self, model: str, intervention: str, shift_id: str) -> list[str]:
         """The prediction files one cell reads (the inputs of its single-cell target)."""
+        return [f["path"] for f in self.cell_expectations(model, intervention, shift_id)]
+
+    def cell_expectations(self, model: str, intervention: str, shift_id: str) -> list[dict]:
+        """`expectations` of the prediction files one cell reads."""
         shift = next(s for s in self.shifts if s.shift_id == shift_id)
         inputs = cell_inputs(
             model,
@@ -265,19 +303,48 @@ class Plan:
             capability_interventions=self.config["capability_interventions"],
             untrained=self.untrained,
         )
-        keys = [key for keys in inputs.values() for key in keys]
-        return list(dict.fromkeys(prediction_path(*key) for key in keys))
+        return self._expectations(key for keys in inputs.values() for key in keys)
 
     def prediction_files(self) -> list[str]:
-        return list(
-            dict.fromkeys(
-                prediction_path(m, i, t, e)
-                for m in self.models
-                for i in self.interventions
-                if m in self.models_of(i)
-                for t, e in self.train_eval_pairs(i)
-            )
+        return [f["path"] for f in self.expectations()]
+
+    def expectations(self) -> list[dict]:
+        """What every prediction file must hold: its path, the rule that writes it and its
+        (model, intervention, train, eval) groups, each of which must hold exactly the pairs
+        of its eval split (`genies.results.verify.PredictionFile`)."""
+        return self._all_expectations
+
+    @cached_property
+    def _all_expectations(self) -> list[dict]:
+        return self._expectations(
+            (m, i, t, e)
+            for m in self.models
+            for i in self.interventions
+            if m in self.models_of(i)
+            for t, e in self.train_eval_pairs(i)
         )
+
+    def _expectations(self, keys) -> list[dict]:
+        files: dict[str, dict] = {}
+        for key in keys:
+            path = prediction_path(*key)
+            if path in files:
+                continue
+            model, intervention, train, eval_dataset = key
+            evals = [eval_dataset]
+            if self.entries[intervention].family == "tuned":  # one file for all its evals
+                evals = self.tuned_evals(intervention, train)
+            files[path] = {
+                "path": path,
+                "rule": self.entries[intervention].rules[-1],
+                "groups": [[model, intervention, train, e] for e in evals],
+            }
+        return list(files.values())
+
+    def test_files(self, expectations: list[dict]) -> list[str]:
+        """The materialised test splits of every eval dataset the files' groups cover."""
+        evals = dict.fromkeys(g[3] for f in expectations for g in f["groups"])
+        return [self.data_file(e, "test") for e in evals]
 
     # ------------------------------------------------------------------ model jobs
 

@@ -23,13 +23,13 @@ import functools
 
 from genies.io import package_versions
 
-MODEL_PACKAGES = ("torch", "transformers", "tokenizers")
+MODEL_RUN_PACKAGES = ("torch", "transformers", "tokenizers")
 RULE_PACKAGES = {
-    "prepare_model": MODEL_PACKAGES,
-    "forward": MODEL_PACKAGES,
-    "score_few_shot": MODEL_PACKAGES,
-    "score_reward_model": MODEL_PACKAGES,
-    "tune": (*MODEL_PACKAGES, "peft"),
+    "prepare_model": MODEL_RUN_PACKAGES,
+    "forward": MODEL_RUN_PACKAGES,
+    "score_few_shot": MODEL_RUN_PACKAGES,
+    "score_reward_model": MODEL_RUN_PACKAGES,
+    "tune": (*MODEL_RUN_PACKAGES, "peft"),
     "fit_probe": ("torch",),
     "predict_probe": ("torch",),
 }

@@ -3,15 +3,19 @@
 Everything in the database is derived from Parquet files (data, forward scores, predictions)
 and the provenance stored in their metadata, so deleting the database loses nothing. The
 database is built in a temporary file and renamed into place: a reader never sees a
-half-written one.
+half-written one. The workflow builds its own file, `results/database/results.duckdb`, and
+publishes a copy as `results/results.duckdb` for users (`genies.results.database`); the
+predictions it is built from are checked against their evaluation splits first
+(`genies.results.verify`).
 
-Tables: shifts (the registry, `genies.data.shifts.shifts_table`), datasets, runs, predictions (per
-pair), cells (per model x intervention x configured shift, `genies.results.cells.CELL_SCHEMA`),
-intervals and comparisons (the paired prompt bootstrap, `genies.results.significance`). With the
-config key `published`, the paper's runs too (`genies.results.published`): predictions and cells of
-the models `<model>@published` (cells over every registered shift with a published run; no bootstrap
-intervals or comparisons), and the tables published_runs (one row per imported upstream file)
-and published_capabilities. Views:
+Tables: shifts (the registry, `genies.data.shifts.shifts_table`), datasets, runs (one per result
+file, with the `models` it derives from: `genies.io.RunRecord`), models (one row per prepared model
+and Hub commit those runs name), predictions (per pair), cells (per model x intervention x
+configured shift, `genies.results.cells.CELL_SCHEMA`), intervals and comparisons (the paired prompt
+bootstrap, `genies.results.significance`). With the config key `published`, the paper's runs too
+(`genies.results.published`): predictions and cells of the models `<model>@published` (cells over
+every registered shift with a published run; no bootstrap intervals or comparisons), and the tables
+published_runs (one row per imported upstream file) and published_capabilities. Views:
 
 - `genies_table`: paper Table 5, one row per (model, intervention), each column over its own
   set of shifts as the paper defines it: avg DE, capable DE, both RMS calibration errors, ID
@@ -47,10 +51,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genies.data.predictions import read_predictions
+from genies.data.materialise import split_of
 from genies.data.shifts import configured_rows
 from genies.io import atomic_path, read_provenance
 from genies.results.cells import DEFAULT_CAPABILITY_INTERVENTIONS, PredictionGroups, cells_table
+from genies.results.database import wal_of
 from genies.results.published import add_published
 from genies.results.significance import prompt_bootstrap
 
@@ -156,16 +161,22 @@ def datasets_table(data_files) -> pa.Table:
     rows = []
     for path in data_files:
         prov = read_provenance(path)
+        dataset, split = split_of(path)
         table = pq.read_table(path, columns=["n_responses"])
         k = table.column("n_responses").to_numpy()
         rows.append(
             {
-                "dataset": prov.get("dataset", Path(path).parent.name),
-                "split": prov.get("split", Path(path).stem),
+                "dataset": dataset,
+                "split": split,
                 "examples": table.num_rows,
                 "responses_per_example": int(k[0]) if len(k) else None,
                 "pairs": int((k - 1).sum()),
                 "warnings": prov.get("warnings", []),
+                "origin": prov.get("origin"),
+                "location": prov.get("location"),
+                "commit": prov.get("commit"),
+                "files": prov.get("files", []),
+                "dropped_rows": prov.get("dropped_rows", 0),
             }
         )
     schema = pa.schema(
@@ -176,6 +187,13 @@ def datasets_table(data_files) -> pa.Table:
             ("responses_per_example", pa.int64()),
             ("pairs", pa.int64()),
             ("warnings", pa.list_(pa.string())),
+            # Where the split came from (genies, files or hub): the GENIES data, the user's
+            # files with their sha256, or a Hub dataset and the commit its revision pinned.
+            ("origin", pa.string()),
+            ("location", pa.string()),
+            ("commit", pa.string()),
+            ("files", pa.list_(pa.struct([("path", pa.string()), ("sha256", pa.string())]))),
+            ("dropped_rows", pa.int64()),
         ]
     )
     return pa.Table.from_pylist(rows, schema=schema)
@@ -192,10 +210,32 @@ def runs_table(files) -> pa.Table:
         row["path"] = str(path)
         row["params"] = json.dumps(prov.get("params", {}), sort_keys=True)
         row["packages"] = json.dumps(prov.get("packages", {}), sort_keys=True)
+        row["models"] = json.dumps(prov.get("models", {}), sort_keys=True)
         rows.append(row)
     schema = pa.schema(
         [(k, pa.float64() if k == "seconds" else pa.string()) for k in RUN_FIELDS]
-        + [("path", pa.string()), ("params", pa.string()), ("packages", pa.string())]
+        + [(k, pa.string()) for k in ("path", "params", "packages", "models")]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def models_table(runs: pa.Table) -> pa.Table:
+    """One row per prepared model the runs derive from: registry name, source, Hub repository,
+    configured revision and resolved commit (None where they do not apply), and how many runs
+    name it. Two rows for one name mean runs from two preparations of it (a moved branch)."""
+    counts: dict[str, int] = {}
+    for text in runs.column("models").to_pylist():
+        for name, where in json.loads(text).items():
+            key = json.dumps({"model": name, **where}, sort_keys=True)
+            counts[key] = counts.get(key, 0) + 1
+    rows = []
+    for key, n in sorted(counts.items()):
+        where = json.loads(key)
+        row = {k: where.get(k) for k in ("model", "source", "repo", "revision", "commit")}
+        rows.append({**row, "runs": n, "provenance": key})
+    schema = pa.schema(
+        [(k, pa.string()) for k in ("model", "source", "repo", "revision", "commit")]
+        + [("runs", pa.int64()), ("provenance", pa.string())]
     )
     return pa.Table.from_pylist(rows, schema=schema)
 
@@ -205,7 +245,7 @@ def build_database(
     *,
     shifts_file,
     data_files,
-    prediction_files,
+    predictions: pa.Table,
     run_files=(),
     extra_tables=None,
     capability_interventions=DEFAULT_CAPABILITY_INTERVENTIONS,
@@ -214,11 +254,16 @@ def build_database(
 ) -> dict:
     """Write the DuckDB database atomically from result files.
 
-    `capability_interventions` and `seed` (of the bootstrap intervals) configure the cells
-    (`genies.results.cells.compute_cells`, one per configured shift of the registry `shifts_file`)
-    and the paired prompt bootstrap (`genies.results.significance`). `published_files`: the Parquet
-    files of `genies.results.published.import_published` (the paper's runs, as `<model>@published`),
-    or none. Returns the row counts and seconds of each step.
+    `predictions`: the rows of the prediction files, as `genies.results.verify.read_checked`
+    returns them once they hold exactly their splits' pairs (the workflow reads them through
+    it only). `run_files`: the files whose provenance makes the `runs` table (forward scores,
+    predictions; the data files are added). `capability_interventions` and `seed` (of the
+    bootstrap intervals) configure the cells (`genies.results.cells.compute_cells`, one per
+    configured shift of the registry `shifts_file`) and the paired prompt bootstrap
+    (`genies.results.significance`). `published_files`: the Parquet files of
+    `genies.results.published.import_published` (the paper's runs, as `<model>@published`), or
+    none.
+    Returns the row counts and seconds of each step.
     """
     seconds = {}
     clock = time.perf_counter()
@@ -230,9 +275,9 @@ def build_database(
         clock = now
 
     tables = {"shifts": pq.read_table(shifts_file), "datasets": datasets_table(data_files)}
-    tables["predictions"] = read_predictions(prediction_files)
-    lap("read_predictions")
-    tables["runs"] = runs_table([*data_files, *run_files, *prediction_files])
+    tables["predictions"] = predictions
+    tables["runs"] = runs_table([*data_files, *run_files])
+    tables["models"] = models_table(tables["runs"])
     lap("runs")
     groups = PredictionGroups(tables["predictions"], seed=seed)
     configured = configured_rows(tables["shifts"])
@@ -261,9 +306,11 @@ def build_database(
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        wal = Path(f"{tmp}.wal")
-        if wal.exists():
-            os.remove(wal)
+        # Neither the new file's own log (it was checkpointed) nor the one a read-write
+        # connection to the file it replaces left behind, which would not match it.
+        for wal in (wal_of(tmp), wal_of(out_path)):
+            if wal.exists():
+                os.remove(wal)
     lap("write_database")
     stats = {
         "prediction_rows": tables["predictions"].num_rows,

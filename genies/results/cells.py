@@ -37,18 +37,18 @@ import math
 from collections.abc import Iterable
 from functools import cached_property
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genies.data.predictions import read_predictions
 from genies.data.shifts import Shift
 from genies.errors import GeniesError
 from genies.io import write_json
 from genies.pipeline.plan import BASELINE, NO_TRAIN, UNTRAINED, cell_inputs, prediction_path
 from genies.results import metrics
+from genies.results.database import connect
+from genies.results.verify import read_checked
 
 #: Interventions whose target-reference accuracy is the target-tuned capability by default.
 DEFAULT_CAPABILITY_INTERVENTIONS = ("lora",)
@@ -137,8 +137,8 @@ class PredictionGroups:
         self._stats: dict[tuple, dict] = {}
         # Stored results (the published runs, genies.results.published): `summaries` are groups
         # known only by their accuracy (runs stored without pairs: no interval, counts or
-        # calibration); `capabilities` fixes the capability of each (model, target) of the models it
-        # lists, which then take it from there only.
+        # calibration); `capabilities` fixes the capability of each (model, target) of the
+        # models it lists, which then take it from there only.
         self.summaries = {
             tuple(r[k] for k in _KEYS): r["accuracy"]
             for r in (summaries.to_pylist() if summaries is not None else ())
@@ -292,9 +292,10 @@ def resolve_inputs(groups: PredictionGroups, model, intervention, shift, options
     """(inputs, found, missing) of a cell: the keys of `cell_inputs`, the group that holds each
     (None if absent), and input name -> the prediction paths that are missing."""
     inputs = cell_inputs(model, intervention, shift, **options)
-    # Runs of untrained interventions stored per training set win over their train = none runs: the
-    # published zero-shot runs were made once per source, and the published baseline is the source's
-    # run (genies.results.published). The workflow's own untrained runs all have train = none.
+    # Runs of untrained interventions stored per training set win over their train = none runs:
+    # the published zero-shot runs were made once per source, and the published baseline is the
+    # source's run (genies.results.published). The workflow's own untrained runs all have
+    # train = none.
     specific = cell_inputs(model, intervention, shift, **{**options, "untrained": ()})
     specific["baseline"] = [(model, options["baseline"], shift.source, shift.target)]
     found = {name: [groups.find(k) for k in specific[name]] for name in inputs}
@@ -437,7 +438,7 @@ def require_complete(cell: dict) -> dict:
 
 def load_cell(database, model: str, intervention: str, shift_id: str, *, complete=True) -> dict:
     """Read one cell from results.duckdb (path, read-only); with `complete`, demand all inputs."""
-    con = duckdb.connect(str(database), read_only=True)
+    con = connect(database)
     try:
         cursor = con.execute(
             "SELECT * FROM cells WHERE model = ? AND intervention = ? AND shift_id = ?",
@@ -457,19 +458,28 @@ def load_cell(database, model: str, intervention: str, shift_id: str, *, complet
 
 
 def write_cell(
-    prediction_files, shifts_file, out_path, model, intervention, shift_id, **options
+    prediction_files,
+    data_files,
+    test_examples,
+    shifts_file,
+    out_path,
+    model,
+    intervention,
+    shift_id,
+    **options,
 ) -> dict:
     """Compute one cell from its own prediction files and write it as JSON (a single-cell target).
 
-    Raises IncompleteCellError naming the jobs to run when an input is missing.
+    `prediction_files` (`genies.results.verify.PredictionFile`) are checked against the test
+    splits among `data_files` (their first `test_examples` examples) first. Raises
+    IncompleteCellError naming the jobs to run when an input is missing.
     """
     shifts = pq.read_table(shifts_file)
     wanted = shifts.filter(pc.equal(shifts.column("shift_id"), shift_id))
     if not wanted.num_rows:
         raise GeniesError(f"shift {shift_id!r} is not in {shifts_file}")
-    table = compute_cells(
-        read_predictions(prediction_files), wanted, expected=[(model, intervention)], **options
-    )
+    predictions = read_checked(prediction_files, data_files, test_examples)
+    table = compute_cells(predictions, wanted, expected=[(model, intervention)], **options)
     rows = [
         r for r in table.to_pylist() if (r["model"], r["intervention"]) == (model, intervention)
     ]

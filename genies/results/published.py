@@ -32,11 +32,12 @@ puts them into results.duckdb):
   prediction rows, only a `published_runs` row, and their cells use that accuracy.
 
 Cells of the published models (`published_cells`) are computed by
-`genies.results.cells.compute_cells` like the user's, over every registered shift with a published
-run, with two inputs the published tables used: the baseline is the zero-shot run stored under the
-*source* (upstream evaluated zero-shot once per source directory, and the published DE subtracts
-that run's accuracy), and the capability is the `target_tuned_capability/` value (the best of
-upstream's interventions on the target reference; no published code computes it).
+`genies.results.cells.compute_cells` like the user's, over every registered shift with a
+published run, with two inputs the published tables used: the baseline is the zero-shot run
+stored under the *source* (upstream evaluated zero-shot once per source directory, and the
+published DE subtracts that run's accuracy), and the capability is the
+`target_tuned_capability/` value (the best of upstream's interventions on the target
+reference; no published code computes it).
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ from genies.io import RunRecord, write_parquet
 from genies.pipeline.plan import NO_TRAIN
 from genies.progress import ProgressLog
 
-# genies.results.cells, genies.data.predictions (pyarrow.dataset, pandas: half a second) and
-# pyarrow.compute are imported where they are used: the Snakefile reads this module
+# genies.results.cells, genies.data.predictions (pyarrow.dataset, pandas: half a second),
+# pyarrow.compute and duckdb are imported where they are used: the Snakefile reads this module
 # (configured_folder, OUTPUTS).
 
 log = logging.getLogger(__name__)
@@ -373,14 +374,85 @@ def read_capabilities(folder, datasets) -> pa.Table:
 
 
 def read_imported(paths) -> dict[str, pa.Table]:
-    """The tables `import_published` wrote (paths: a dict like OUTPUTS, or the three files)."""
+    """The tables `import_published` wrote (paths: a dict like OUTPUTS, or the three files),
+    once their predictions are what their runs table says (`check_imported`)."""
     from genies.data.predictions import read_predictions
 
     if not isinstance(paths, dict):
         paths = {Path(p).stem: p for p in paths}
     tables = {name: pq.read_table(paths[name]) for name in OUTPUTS if name != "predictions"}
     # Through read_predictions: a file written before a column was added gets its default.
-    return {"predictions": read_predictions([paths["predictions"]]), **tables}
+    imported = {"predictions": read_predictions([paths["predictions"]]), **tables}
+    check_imported(imported, paths["predictions"])
+    return imported
+
+
+_RUN_CHECK = """
+    WITH found AS (
+        SELECT model, intervention, train, eval, count(*) AS rows_,
+               count(example_id) AS with_id,
+               count(DISTINCT (example_id, pair_index)) FILTER (WHERE example_id IS NOT NULL)
+                   AS distinct_pairs,
+               count(*) FILTER (WHERE example_id NOT LIKE eval || '/test/%') AS foreign_ids,
+               count(*) FILTER (WHERE prob_preferred IS NULL OR isnan(prob_preferred)
+                   OR prob_preferred < 0 OR prob_preferred > 1 OR correct IS NULL) AS bad_prob
+        FROM predictions GROUP BY ALL
+    )
+    SELECT coalesce(r.upstream, format('({}, {}, {}, {})', f.model, f.intervention, f.train,
+                    f.eval)) AS run,
+           r.pairs, r.test_pairs, r.matched, coalesce(f.rows_, 0), f.with_id, f.distinct_pairs,
+           f.foreign_ids, f.bad_prob
+    FROM runs r FULL JOIN found f USING (model, intervention, train, eval)
+    ORDER BY run
+"""
+
+
+def check_imported(imported: dict[str, pa.Table], path) -> None:
+    """Check the published predictions against what `import_published` recorded of each run.
+
+    They cannot be checked against this run's test splits: the import matched them to the
+    whole raw test split of every released dataset (`import_published`), while the aggregation
+    reads only the configured datasets, capped. So each run's rows must be as many as its
+    `pairs`, no (example_id, pair_index) twice, ids of its own eval dataset when it was matched
+    (`all`: as many pairs as the split, `first`: fewer) and none when it was not, and
+    probabilities in [0, 1]; a run stored without pairs (CCS) has no rows, and no rows lack a
+    run. Raises genies.results.verify.PredictionFileError naming the file and the runs.
+    """
+    import duckdb
+
+    from genies.results.verify import PredictionFileError
+
+    con = duckdb.connect()
+    try:
+        con.register("predictions", imported["predictions"])
+        con.register("runs", imported["runs"])
+        found = con.execute(_RUN_CHECK).fetchall()
+    finally:
+        con.close()
+    problems = []
+    for run, pairs, test_pairs, matched, rows, with_id, distinct, foreign, bad_prob in found:
+        wrong = []
+        if pairs is None:
+            wrong.append("no run in runs.parquet lists them")
+        elif rows != pairs:
+            wrong.append(f"its run has {pairs} pairs")
+        if with_id is not None and distinct != with_id:
+            wrong.append(f"{with_id - distinct} (example_id, pair_index) twice")
+        if matched in ("all", "first"):
+            if (pairs == test_pairs) != (matched == "all") or pairs > test_pairs:
+                wrong.append(f"matched '{matched}' with {pairs} of the split's {test_pairs} pairs")
+            if rows and (with_id != rows or foreign):
+                wrong.append("ids missing or of another dataset")
+        elif with_id:
+            wrong.append(f"{with_id} ids although its pairs were not matched")
+        if bad_prob:
+            wrong.append(f"{bad_prob} probabilities not in [0, 1]")
+        if wrong:
+            problems.append(f"{run}: {rows} rows; " + "; ".join(wrong))
+    if problems:
+        raise PredictionFileError(
+            {str(path): ("import_published", problems)}, "do not match the published runs"
+        )
 
 
 def published_cells(imported: dict[str, pa.Table], shifts, *, seed=0, n_resamples=1000):

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -40,6 +39,7 @@ from matplotlib.figure import Figure
 
 from genies.io import atomic_path
 from genies.pipeline.plan import BASELINE, REPORT_TEMPLATES
+from genies.results.database import connect
 from genies.results.summary import write_summary
 
 #: Column of the genies_table view -> heading of the Markdown table.
@@ -89,7 +89,7 @@ def report_paths(model: str) -> dict[str, str]:
 
 def read_model_frames(database, model: str) -> dict[str, pd.DataFrame]:
     """The `genies_table`, `shift_matrix`, `cells` and `comparisons` rows of one model."""
-    con = duckdb.connect(str(database), read_only=True)
+    con = connect(database)
     try:
         return {
             name: con.execute(f"SELECT * FROM {name} WHERE model = ?", [model]).df()

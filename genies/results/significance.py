@@ -282,9 +282,10 @@ def prompt_bootstrap(
     """(intervals, comparisons) tables for every model of `groups` over `shifts`.
 
     Args:
-        groups: the predictions, indexed (`genies.results.cells.PredictionGroups`). shifts: registry
-        rows (`genies.data.shifts.shifts_table`) of the shifts the cells cover; their
-            `in_genies` / `in_extreme_set` / `in_probing_set` flags choose each average's shifts.
+        groups: the predictions, indexed (`genies.results.cells.PredictionGroups`).
+        shifts: registry rows (`genies.data.shifts.shifts_table`) of the shifts the cells cover;
+            their `in_genies` / `in_extreme_set` / `in_probing_set` flags choose each average's
+            shifts.
         capability_interventions, baseline: as for the cells.
         n_resamples, confidence: draws per dataset, coverage of the percentile intervals.
         seed: the config seed (each dataset's draws are seeded from it and the dataset name).

@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 import time
 
-import duckdb
 import pandas as pd
 
 from genies.io import git_commit, package_versions, read_model_info, write_json
+from genies.results.database import connect
 
 FORMAT = "genies-results/1"
 
@@ -49,7 +49,7 @@ def package_versions_of(runs: pd.DataFrame, models) -> dict[str, list[str]]:
 
 def run_summary(database, model: str, config: dict, model_dirs: dict) -> dict:
     """The results file of `model` as a dict (`write_summary` writes it)."""
-    con = duckdb.connect(str(database), read_only=True)
+    con = connect(database)
     try:
         # fixed table names, not user input
         frames = {

@@ -29,7 +29,6 @@ import logging
 import re
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -40,6 +39,7 @@ from genies.errors import GeniesError
 from genies.io import atomic_dir
 from genies.pipeline.interventions import BASELINE
 from genies.pipeline.plan import NO_TRAIN
+from genies.results.database import connect
 from genies.results.report import intervention_order
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ def index_html(manifest: dict) -> str:
 def write_viewer(database, data_files, model: str, out_dir) -> dict:
     """Write the viewer of `model` into `out_dir` (replaced atomically); return its sizes."""
     store = ExampleStore(data_files)
-    con = duckdb.connect(str(database), read_only=True)
+    con = connect(database)
     try:
         published, shown = published_models(con, model)
         shifts = [

@@ -13,9 +13,10 @@ import logging
 import pyarrow as pa
 
 from genies.data.materialise import read_examples
-from genies.io import RunRecord, write_parquet
+from genies.io import write_parquet
 from genies.methods.tuned.reward_model import adapter_summary, reward_predictions
 from genies.methods.tuned.training import fit_reward_model
+from genies.models.loading import model_run
 from genies.models.memory import Budget
 from genies.pipeline.defaults import JOB_DEFAULTS
 
@@ -56,7 +57,7 @@ def run_tune_job(
         attempt=job["attempt"],
         gpus=job["gpus"],
     )
-    run = RunRecord("predict", model=model_name, intervention=method, train=dataset)
+    run = model_run("predict", model_name, model_dir, intervention=method, train=dataset)
     info, loaded = trained.info, trained.loaded
     budget = Budget.resolve(job["memory"], loaded.device, job["attempt"], trained.model)
     tables = []

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from genies.data.materialise import read_examples
 from genies.data.predictions import expand_pairs, pair_rows
 from genies.errors import GeniesError
-from genies.io import RunRecord, write_parquet
+from genies.io import write_parquet
 from genies.models.context import DEFAULT_POLICY, cut_to_length, fit_examples, max_positions
-from genies.models.loading import load_model, model_layout
+from genies.models.loading import load_model, model_layout, model_run
 from genies.models.memory import (
     Budget,
     RewardModelPlan,
@@ -56,6 +56,7 @@ from genies.models.memory import (
 from genies.models.tokens import tokenize_examples
 from genies.pipeline import interventions as registry
 from genies.progress import ProgressLog
+from genies.versions import check_versions
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,7 @@ def build_reward_model(model_dir, params: dict, seed: int, device="auto", **plac
     method = params["method"]
     if method not in METHODS:
         raise ValueError(f"unknown reward-model method {method!r}; allowed: {', '.join(METHODS)}")
+    check_versions(("peft",))
     loaded = load_model(
         model_dir,
         device=device,
@@ -596,8 +598,8 @@ def predict_reward_model(
         "train": train,
         "eval_dataset": eval_dataset,
     }
-    run = RunRecord(
-        "predict", model=model_name, intervention=intervention, train=train, eval=eval_dataset
+    run = model_run(
+        "predict", model_name, model_dir, intervention=intervention, train=train, eval=eval_dataset
     )
     examples = read_examples(data_file, limit)
     model, loaded, info = load_reward_model(adapter_dir, model_dir, device=device, gpus=gpus)

@@ -74,7 +74,7 @@ from safetensors.torch import load_file
 
 from genies.data.materialise import read_examples
 from genies.data.predictions import expand_pairs
-from genies.io import RunRecord, atomic_dir, link_or_copy, write_json
+from genies.io import atomic_dir, link_or_copy, write_json
 from genies.methods.tuned.checkpoints import (
     finish_work_dir,
     latest_checkpoint,
@@ -99,7 +99,7 @@ from genies.methods.tuned.reward_model import (
     preference_loss,
 )
 from genies.methods.tuned.training_data import PairOrder, choose_pairs, split_rows
-from genies.models.loading import MODEL_INFO_FILE, resolve_device, resolve_model_dir
+from genies.models.loading import MODEL_INFO_FILE, model_run, resolve_device, resolve_model_dir
 from genies.models.memory import (
     CHECKPOINTING_ON,
     Budget,
@@ -351,7 +351,7 @@ def fit_reward_model(
     if threads:
         torch.set_num_threads(threads)
     params = resolve_params(method, params)
-    run = RunRecord("tune", model=model_name, method=method, seed=seed)
+    run = model_run("tune", model_name, model_dir, method=method, seed=seed)
     examples = read_examples(train_file, params["max_train_examples"])
     dataset = dataset or examples.column("example_id")[0].as_py().split("/")[0]
     work_dir = Path(work_dir) if work_dir else default_work_dir(out_dir)
