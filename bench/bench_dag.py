@@ -12,7 +12,7 @@ real GENIES data, in a scratch directory, and times with the repository's Snakef
    is newer than its inputs. A dry run checks that nothing would run before the real no-op
    is timed (a stale job would otherwise really run); if something would, its reasons are
    printed instead. A tree made this way has no Snakemake metadata (.snakemake/metadata), so
-   the params/input/software-env triggers have nothing to compare; so the no-op is timed a
+   the params and input triggers have nothing to compare; so the no-op is timed a
    second time after `snakemake --touch --forceall` recorded metadata for every job, as a
    real run leaves it (--no-metadata skips this).
 

@@ -29,7 +29,23 @@ import pyarrow.parquet as pq
 from genies.errors import CorruptFileError, DataError
 
 PROVENANCE_KEY = b"genies.provenance"
-TRACKED_PACKAGES = ("genies", "torch", "transformers", "peft", "bitsandbytes", "pyarrow", "duckdb")
+MODEL_INFO_FILE = "genies_model.json"  # how a prepared model directory was made
+# Every package whose version can change a number this workflow writes: kernels and model code,
+# the tokens, device placement, the weights read and converted, the arrays of the statistics.
+TRACKED_PACKAGES = (
+    "genies",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "peft",
+    "bitsandbytes",
+    "safetensors",
+    "gguf",
+    "numpy",
+    "pyarrow",
+    "duckdb",
+)
 
 
 @contextlib.contextmanager
@@ -222,6 +238,13 @@ def read_json(path, rule: str | None = None):
     return parse_json(data, path, rule)
 
 
+def read_model_info(model_dir) -> dict:
+    """The `genies_model.json` of a prepared model directory ({} for a plain HF one): its
+    registry entry (`spec`) and what its preparation found (`description`)."""
+    info = Path(model_dir) / MODEL_INFO_FILE
+    return read_json(info) if info.is_file() else {}
+
+
 def models_of(*paths) -> dict:
     """The `models` provenance of the Parquet files a job reads: every prepared model (registry
     name -> source, Hub repository and commit, ...) that those files, and so the job's output,
@@ -237,9 +260,10 @@ def write_json(obj, path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def package_versions() -> dict:
+def package_versions(names=TRACKED_PACKAGES) -> dict:
+    """Installed version of each package in `names` (None when it is not installed)."""
     versions = {}
-    for name in TRACKED_PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -2,11 +2,12 @@
 
 The floors are genies' own declared dependencies (pyproject.toml): read from the installed
 distribution's metadata (`importlib.metadata.requires`), or from the pyproject.toml of the
-checkout the package sits in when genies is not installed (the workflow's conda jobs import it
-through the workflow_scripts/genies link). An older package fails at load with its name and
-the pip command that upgrades it, instead of an obscure error later: the scorer passes a 2-D
-boolean ``logits_to_keep`` (transformers 5.21), transformers 5.21 turns torch below 2.6 off,
-device maps need accelerate, LoRA needs a peft that imports with transformers 5 (0.18).
+checkout the package sits in when genies is not installed (a job started by a Snakemake of
+another environment imports it through the workflow_scripts/genies link). An older package
+fails at load with its name and the pip command that upgrades it, instead of an obscure error
+later: the scorer passes a 2-D boolean ``logits_to_keep`` (transformers 5.21), transformers
+5.21 turns torch below 2.6 off, device maps need accelerate, LoRA needs a peft that imports
+with transformers 5 (0.18).
 """
 
 from __future__ import annotations

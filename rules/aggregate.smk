@@ -36,8 +36,6 @@ rule aggregate:
         "results/logs/aggregate.log",
     benchmark:
         "results/benchmarks/aggregate.tsv"
-    conda:
-        ENV
     params:
         capability_interventions=config["capability_interventions"],
         seed=config["seed"],
@@ -61,8 +59,6 @@ rule publish_database:
         "results/logs/publish_database.log",
     benchmark:
         "results/benchmarks/publish_database.tsv"
-    conda:
-        ENV
     script:
         "../workflow_scripts/publish_database.py"
 
@@ -71,6 +67,9 @@ rule report_tables:
     input:
         plan.require_data,
         database=BUILT_DATABASE,
+        models=lambda w: [
+            MODEL_DIR.format(model=m) for m in plan.models_behind(w.model)
+        ],
     output:
         **{
             name: report(path, category="GENIES table", subcategory="{model}")
@@ -80,8 +79,10 @@ rule report_tables:
         "results/logs/report_tables/{model}.log",
     benchmark:
         "results/benchmarks/report_tables/{model}.tsv"
-    conda:
-        ENV
+    params:
+        # The results file records the resolved config: any change of it rewrites the file.
+        config=config,
+        models=lambda w: plan.models_behind(w.model),
     script:
         "../workflow_scripts/report_tables.py"
 
@@ -105,8 +106,6 @@ rule viewer:
         "results/logs/viewer/{model}.log",
     benchmark:
         "results/benchmarks/viewer/{model}.tsv"
-    conda:
-        ENV
     script:
         "../workflow_scripts/viewer.py"
 
@@ -131,8 +130,6 @@ if PUBLISHED:
             "results/logs/import_published.log",
         benchmark:
             "results/benchmarks/import_published.tsv"
-        conda:
-            ENV
         params:
             data_dir=str(plan.data_location),
         script:
@@ -165,8 +162,6 @@ rule cell:
         "results/logs/cell/{model}/{intervention}/{shift}.log",
     benchmark:
         "results/benchmarks/cell/{model}/{intervention}/{shift}.tsv"
-    conda:
-        ENV
     params:
         capability_interventions=config["capability_interventions"],
         seed=config["seed"],

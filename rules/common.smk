@@ -19,13 +19,15 @@ atexit.register(gc.freeze)
 
 # The genies package lives next to this Snakefile: importable here without an install, and in
 # jobs through the workflow_scripts/genies link (Snakemake puts a script's folder on sys.path),
-# so conda environments and cluster jobs need no install of it either.
+# so cluster jobs need no install of it either. Jobs run in the Python environment Snakemake
+# runs in (.venv), not in conda environments of their own (README, "Dependencies").
 sys.path.insert(0, workflow.basedir)
 
 from genies.pipeline import cluster
 from genies.pipeline import interventions as registry
 from genies.pipeline.config import check_config
 from genies.pipeline.gpus import check_model_gpus, config_gpus
+from genies.pipeline.software import job_versions
 from genies.scratch import scratch_in_memory
 from genies.data.download import missing_data_message
 from genies.pipeline.plan import (
@@ -120,7 +122,6 @@ wildcard_constraints:
 
 
 GPU_MODEL_ENV = "GENIES_SLURM_GPU_MODEL"  # the GPU type of models that do not name one
-ENV = "../envs/genies.yaml"
 PROBES = plan.of_family("probe")
 TUNED = plan.of_family("tuned")
 # The scoring settings a forward pass depends on (normalisation only matters to predictions).

@@ -13,8 +13,6 @@ rule download_data:
         "results/logs/download_data.log",
     benchmark:
         "results/benchmarks/download_data.tsv"
-    conda:
-        ENV
     params:
         data_dir=config["data_dir"],
         data_url=config["data_url"],
@@ -36,8 +34,6 @@ rule materialise:
         "results/benchmarks/materialise/{dataset}/{split}.tsv"
     wildcard_constraints:
         dataset=_alternatives(plan.genies_datasets),
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(2000),
@@ -64,8 +60,6 @@ rule pin_distribution:
         "results/benchmarks/pin_distribution/{dataset}.tsv"
     wildcard_constraints:
         dataset=_alternatives(plan.distributions),
-    conda:
-        ENV
     params:
         source=lambda w: plan.distribution_source(w.dataset),
     script:
@@ -84,8 +78,6 @@ rule materialise_distribution:
         "results/benchmarks/materialise/{dataset}/{split}.tsv"
     wildcard_constraints:
         dataset=_alternatives(plan.distributions),
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(4000),
@@ -106,8 +98,6 @@ rule shift_registry:
         "results/logs/shift_registry.log",
     benchmark:
         "results/benchmarks/shift_registry.tsv"
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(1000),

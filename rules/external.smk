@@ -22,8 +22,6 @@ rule score_reward_model:
     benchmark:
         "results/benchmarks/score_reward_model/{model}/{dataset}.tsv"
     retries: GPU_JOB_RETRIES
-    conda:
-        ENV
     threads: config["threads"]
     resources:
         **gpu_job_resources("score_reward_model"),
@@ -31,6 +29,7 @@ rule score_reward_model:
         limit=plan.cap("test"),
         scoring=SCORING,
         context_policy=config["context_policy"],
+        versions=job_versions("score_reward_model"),
     script:
         "../workflow_scripts/score_reward_model.py"
 
@@ -48,8 +47,6 @@ rule predict_reward_model:
     wildcard_constraints:
         intervention=_alternatives(REWARD_MODELS or ["-"]),
         train="none",
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(1000),
@@ -71,8 +68,6 @@ rule predict_dpo:
     wildcard_constraints:
         intervention=_alternatives(DPO or ["-"]),
         train="none",
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(1000),

@@ -15,8 +15,6 @@ rule fit_probe:
         "results/benchmarks/fit/{model}/{intervention}/{train}.tsv"
     wildcard_constraints:
         intervention=_alternatives(PROBES or ["-"]),
-    conda:
-        ENV
     # Units are fitted in parallel chunks; the activations are memory-mapped (a 30B fit peaks
     # at about 2.5 GB, mostly the mapped file; bench/bench_probes.py --30b).
     threads: min(config["threads"], 4)
@@ -28,6 +26,7 @@ rule fit_probe:
         params=lambda w: plan.params(w.intervention),
         seed=config["seed"],
         limit=plan.cap("train"),
+        versions=job_versions("fit_probe"),
     script:
         "../workflow_scripts/fit_probe.py"
 
@@ -47,13 +46,12 @@ rule predict_probe:
         "results/benchmarks/predict_probe/{model}/{intervention}/{train}/{eval}.tsv"
     wildcard_constraints:
         intervention=_alternatives(PROBES or ["-"]),
-    conda:
-        ENV
     resources:
         cpus_per_task=1,
         mem_mb=by_model_size(2000, 100),
         runtime=by_attempt(10),
     params:
         limit=plan.cap("test"),
+        versions=job_versions("predict_probe"),
     script:
         "../workflow_scripts/predict_probe.py"

@@ -16,8 +16,6 @@ rule forward:
     benchmark:
         "results/benchmarks/forward/{model}/{dataset}.tsv"
     retries: GPU_JOB_RETRIES
-    conda:
-        ENV
     threads: config["threads"]
     resources:
         **gpu_job_resources("forward"),
@@ -28,6 +26,7 @@ rule forward:
         },
         scoring=SCORING,
         context_policy=config["context_policy"],
+        versions=job_versions("forward"),
     script:
         "../workflow_scripts/forward.py"
 
@@ -46,8 +45,6 @@ rule score_few_shot:
     benchmark:
         "results/benchmarks/score_few_shot/{model}/{eval}.tsv"
     retries: GPU_JOB_RETRIES
-    conda:
-        ENV
     threads: config["threads"]
     resources:
         **gpu_job_resources("score_few_shot"),
@@ -55,5 +52,6 @@ rule score_few_shot:
         sources=lambda w: plan.few_shot_sources(w.eval),
         scoring=SCORING,
         context_policy=config["context_policy"],
+        versions=job_versions("score_few_shot"),
     script:
         "../workflow_scripts/score_few_shot.py"

@@ -14,8 +14,6 @@ rule predict_zero_shot:
     wildcard_constraints:
         intervention="zero_shot",
         train="none",
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(2000),
@@ -38,8 +36,6 @@ rule predict_random:
     wildcard_constraints:
         intervention="random",
         train="none",
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(1000),
@@ -61,8 +57,6 @@ rule few_shot_prompts:
         "results/logs/few_shot_prompts/{train}/{eval}.log",
     benchmark:
         "results/benchmarks/few_shot_prompts/{train}/{eval}.tsv"
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(1000),
@@ -88,8 +82,6 @@ rule predict_few_shot:
         "results/benchmarks/predict_few_shot/{model}/{intervention}/{train}/{eval}.tsv"
     wildcard_constraints:
         intervention="few_shot",
-    conda:
-        ENV
     resources:
         cpus_per_task=job_threads,
         mem_mb=by_attempt(2000),

@@ -23,8 +23,6 @@ rule tune:
     wildcard_constraints:
         intervention=_alternatives(TUNED or ["-"]),
     retries: GPU_JOB_RETRIES
-    conda:
-        ENV
     threads: config["threads"]
     resources:
         **gpu_job_resources("tune"),
@@ -34,5 +32,6 @@ rule tune:
         evals=lambda w: plan.tuned_evals(w.intervention, w.train),
         limit=plan.cap("test"),
         context_policy=config["context_policy"],
+        versions=lambda w: job_versions("tune", params=plan.params(w.intervention)),
     script:
         "../workflow_scripts/tune.py"

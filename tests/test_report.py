@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pandas as pd
 import pytest
 
+from genies.io import TRACKED_PACKAGES, package_versions
 from genies.results.report import (
     REPORT_TEMPLATES,
     markdown_table,
@@ -12,6 +16,7 @@ from genies.results.report import (
     shift_matrix_wide,
     write_reports,
 )
+from genies.results.summary import package_versions_of
 
 from .test_cells import RESULTS, query, write_example_results
 
@@ -160,3 +165,58 @@ def test_unlabelled_shifts_keep_their_rows():
     assert markdown_table(pd.DataFrame({"a": [1.23456, None], "b": ["p|q", "r"]})) == (
         "| a | b |\n|---|---|\n| 1.2346 | p\\|q |\n| n/a | r |\n"
     )
+
+
+def test_results_file_holds_table_cells_config_models_and_versions(reports, tmp_path):
+    database, csv_paths = reports
+    model_dir = tmp_path / "resources/models/m"
+    model_dir.mkdir(parents=True)
+    info = {"spec": {"source": "hf", "repo": "org/m"}, "description": {"commit": "abc123"}}
+    (model_dir / "genies_model.json").write_text(json.dumps(info))
+    config = {"seed": 0, "run_models": ["m"]}
+    paths = {k: str(tmp_path / v) for k, v in report_paths("m").items()}
+    write_reports(database, "m", paths, config=config, model_dirs={"m": str(model_dir)})
+
+    def no_nan(text):
+        raise AssertionError(f"not JSON: {text}")
+
+    summary = json.loads(open(paths["results_json"]).read(), parse_constant=no_nan)
+    assert summary["format"] == "genies-results/1" and summary["model"] == "m"
+    assert summary["config"] == config and summary["models"] == {"m": info}
+    # the table: the CSV's rows and numbers, intervals and shift counts included
+    table = pd.read_csv(csv_paths["table_csv"])
+    rows = {r["intervention"]: r for r in summary["table"]}
+    assert sorted(rows) == sorted(table["intervention"])
+    for _, row in table.iterrows():
+        got = rows[row["intervention"]]
+        for column in ("avg_differential_elicitation_low", "genies_shifts", "genies_set_size"):
+            assert got[column] == pytest.approx(row[column], abs=1e-12), column
+    # every cell of m, the incomplete one with its missing numbers as null
+    cells = query(database, "select shift_id, intervention, pairs from cells where model = 'm'")
+    assert sorted((c["shift_id"], c["intervention"], c["pairs"]) for c in summary["cells"]) == (
+        sorted(cells)
+    )
+    incomplete = [c for c in summary["cells"] if not c["complete"]]
+    assert len(incomplete) == 1 and incomplete[0]["differential_elicitation"] is None
+    assert {c["model"] for c in summary["cells"] + summary["comparisons"]} == {"m"}
+    # every tracked package, with the version this process has
+    assert set(TRACKED_PACKAGES) <= set(summary["packages"])
+    assert summary["packages"]["numpy"] == [np.__version__]
+
+
+def test_package_versions_of_the_runs_behind_a_model():
+    runs = pd.DataFrame(
+        {
+            "model": ["m", None, "other", "rm"],
+            "packages": [
+                json.dumps({"torch": "1.0", "numpy": None}),
+                json.dumps({"pyarrow": "0.1"}),  # materialised data: behind every model
+                json.dumps({"torch": "9.9"}),  # another run model's: not behind m
+                json.dumps({"transformers": "0.2"}),  # m's own reward model
+            ],
+        }
+    )
+    versions = package_versions_of(runs, ["m", "rm"])
+    assert versions["torch"] == sorted(["1.0", package_versions()["torch"]])
+    assert "0.1" in versions["pyarrow"] and "0.2" in versions["transformers"]
+    assert "9.9" not in versions["torch"]

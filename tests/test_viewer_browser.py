@@ -2,8 +2,9 @@
 
 The page is opened from disk (file://), a filter is applied with the page's own controls, and
 what it shows is checked against DuckDB queries on the same database. With the variable set, a
-browser that cannot start FAILS the test (it never skips): .ci/run installs Debian's `chromium`
-and `chromium-driver` and sets the variable. A screenshot is saved in the test's tmp folder and
+browser that cannot start FAILS the test (it never skips), with a message that says what to
+install and no traceback: .ci/run installs Debian's `chromium` and `chromium-driver` and sets
+the variable. A screenshot is saved in the test's tmp folder and
 its path printed (`pytest -s` shows it).
 """
 
@@ -24,17 +25,25 @@ ENABLED = os.environ.get("GENIES_BROWSER_TEST") == "1"
 TGT_B, TGT_C = "src_a__tgt_b", "src_a__tgt_c"
 
 
+def fail(reason: str):
+    """Fail with what to do, without a traceback (the cause is the machine, not the code)."""
+    pytest.fail(f"GENIES_BROWSER_TEST=1, but {reason}; or unset GENIES_BROWSER_TEST", pytrace=False)
+
+
 def start_chromium():
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError as err:
-        pytest.fail(f"GENIES_BROWSER_TEST=1 but selenium is missing ({err}): bash setup.sh")
+        fail(f"selenium is missing ({err}): run `bash setup.sh` (the `browser` extra)")
     binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not binary or not driver:
-        pytest.fail(
-            "GENIES_BROWSER_TEST=1 but Chromium is not installed (chromium: "
-            f"{binary}, chromedriver: {driver}): apt-get install chromium chromium-driver"
+        missing = [
+            name for name, path in (("chromium", binary), ("chromedriver", driver)) if not path
+        ]
+        fail(
+            f"{' and '.join(missing)} not found on PATH: install Chromium and its driver, on "
+            "Debian or Ubuntu as root `apt-get install chromium chromium-driver`"
         )
     options = webdriver.ChromeOptions()
     options.binary_location = binary
@@ -51,7 +60,7 @@ def start_chromium():
     try:
         return webdriver.Chrome(options=options, service=Service(driver))
     except Exception as err:  # selenium raises several types; any of them is a failure here
-        pytest.fail(f"GENIES_BROWSER_TEST=1 but Chromium did not start: {err}")
+        fail(f"Chromium did not start: {err}")
 
 
 @pytest.fixture(scope="module")

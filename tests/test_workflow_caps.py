@@ -2,7 +2,8 @@
 
 Every other end-to-end config uses all examples; the embedded default caps them. Here the
 fixture datasets (12 train / 6 test examples) are capped to 6 / 4, and each setting that
-changes results is changed once to check that exactly the jobs it affects are planned.
+changes results is changed once to check that exactly the jobs it affects are planned; so is
+each package version (a simulated upgrade: tests/fake_versions.py).
 """
 
 import copy
@@ -166,4 +167,29 @@ def test_a_changed_setting_reruns_exactly_what_depends_on_it(workdir, setting):
     finally:
         write_config(workdir, CONFIGS[workdir])
     assert planned == Counter(jobs) + DOWNSTREAM, setting
+    assert planned_jobs(workdir) == Counter()
+
+
+# The jobs that run the model or compute with torch, and what reads their outputs.
+MODEL_JOBS = dict(prepare_model=1, forward=4, predict_zero_shot=4, fit_probe=3, predict_probe=5,
+                  score_few_shot=4, predict_few_shot=5, tune=3)  # fmt: skip
+# package -> the jobs an upgrade of it plans (besides DOWNSTREAM); None: no job at all
+UPGRADES = {
+    # the tiny model is built with torch and transformers and its tokenizer written with
+    # tokenizers: its preparation reruns, and so every job downstream of it
+    "torch": MODEL_JOBS,
+    "transformers": MODEL_JOBS,
+    "tokenizers": MODEL_JOBS,
+    "peft": dict(tune=3),
+    "gguf": None,  # only the preparation of a GGUF source (smollm2), not of the tiny model
+    "bitsandbytes": None,  # only a 4-bit training (quantization: nf4)
+    "numpy": None,  # no rule's numbers are tied to it (README, "Staleness")
+}
+
+
+@pytest.mark.parametrize("package", list(UPGRADES))
+def test_an_upgraded_package_reruns_exactly_what_it_affects(workdir, package):
+    jobs = UPGRADES[package]
+    planned = planned_jobs(workdir, versions={package: "99.0"})
+    assert planned == (Counter() if jobs is None else Counter(jobs) + DOWNSTREAM), package
     assert planned_jobs(workdir) == Counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# Snakemake with some installed package versions replaced: a simulated upgrade (fake_versions.py).
+FAKE_VERSIONS = REPO / "tests" / "fake_versions.py"
 #: The jobs a change of any result reruns besides its own: the aggregation and what reads it.
 DOWNSTREAM = Counter(aggregate=1, publish_database=1, report_tables=1, viewer=1, genies_table=1)
 
@@ -23,18 +26,20 @@ def write_config(workdir: Path, config: dict) -> Path:
     return path
 
 
-def snakemake(workdir: Path, *args: str, check=True) -> subprocess.CompletedProcess:
-    return snakemake_with(REPO / "Snakefile", workdir, *args, check=check)
+def snakemake(workdir: Path, *args: str, check=True, versions=None) -> subprocess.CompletedProcess:
+    return snakemake_with(REPO / "Snakefile", workdir, *args, check=check, versions=versions)
 
 
 def snakemake_command(
-    workdir: Path, *args: str, targets=(), snakefile: Path = REPO / "Snakefile"
+    workdir: Path, *args: str, targets=(), snakefile: Path = REPO / "Snakefile", versions=None
 ) -> list:
-    """The command line that runs the workflow of `snakefile` in `workdir` with its config.
+    """The command line that runs the workflow of `snakefile` in `workdir` with its config;
+    `versions` (package -> version) stand in for the installed ones.
 
     Targets come first: options such as --configfile take every word that follows them."""
+    runner = [sys.executable, str(FAKE_VERSIONS), json.dumps(versions)] if versions else SNAKEMAKE
     return [
-        *SNAKEMAKE,
+        *runner,
         *targets,
         "--snakefile",
         str(snakefile),
@@ -46,9 +51,9 @@ def snakemake_command(
     ]
 
 
-def snakemake_with(snakefile: Path, workdir: Path, *args: str, check=True):
+def snakemake_with(snakefile: Path, workdir: Path, *args: str, check=True, versions=None):
     """Run the workflow of `snakefile` in `workdir` with its config.yaml."""
-    cmd = snakemake_command(workdir, "--cores", "2", *args, snakefile=snakefile)
+    cmd = snakemake_command(workdir, "--cores", "2", *args, snakefile=snakefile, versions=versions)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     if check and proc.returncode != 0:
         raise AssertionError(
@@ -58,10 +63,13 @@ def snakemake_with(snakefile: Path, workdir: Path, *args: str, check=True):
     return proc
 
 
-def planned_jobs(workdir: Path, *targets: str, extra=()) -> Counter:
-    """Rule -> number of jobs a dry run would execute (empty when nothing is to be done)."""
+def planned_jobs(workdir: Path, *targets: str, extra=(), versions=None) -> Counter:
+    """Rule -> number of jobs a dry run would execute (empty when nothing is to be done), with
+    `versions` standing in for installed package versions."""
     # Targets first: options such as --forcerun take every word that follows them.
-    proc = snakemake(workdir, "--dry-run", *(targets or ("genies_table",)), *extra)
+    proc = snakemake(
+        workdir, "--dry-run", *(targets or ("genies_table",)), *extra, versions=versions
+    )
     text = proc.stdout + proc.stderr
     if "Nothing to be done" in text:
         return Counter()

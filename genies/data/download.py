@@ -34,6 +34,10 @@ UPSTREAM_URL = "https://genies-data.s3.us-east-2.amazonaws.com/genies-datasets.t
 SCHEMES = ("http", "https", "file")
 MIB = 1 << 20
 CHUNK_BYTES = MIB
+# The command a message tells to run (from the repository root, with the workflow's Snakemake;
+# README "Getting the data" runs it as `.venv/bin/snakemake --cores 1 download_data`). Snakemake
+# needs --cores for a local run, even of a rule that runs no job of its own.
+DOWNLOAD_COMMAND = "snakemake --cores 1 download_data"
 DO_BY_HAND = (
     "download the archive by hand (a browser or `curl -LO <url>` on any machine) and set "
     "data_dir in config.yaml to its path"
@@ -48,7 +52,7 @@ def missing_data_message(data_dir, data_url, downloaded="resources/genies-datase
     """What to do when there is no data (the workflow's first error for a newcomer)."""
     if data_url:
         return (
-            f"data_dir {str(data_dir)!r} does not exist. Run `snakemake download_data` to fetch "
+            f"data_dir {str(data_dir)!r} does not exist. Run `{DOWNLOAD_COMMAND}` to fetch "
             f"the GENIES data from {data_url} to {downloaded} (used when data_dir is missing), "
             "or set data_dir in config.yaml to your copy (the folder holding distributions/, "
             "or genies-datasets.tar)."
@@ -56,7 +60,7 @@ def missing_data_message(data_dir, data_url, downloaded="resources/genies-datase
     return (
         f"data_dir {str(data_dir)!r} does not exist. Set data_dir in config.yaml to your copy of "
         "the GENIES data (the folder holding distributions/, or genies-datasets.tar), or set "
-        f"data_url (the upstream archive is {UPSTREAM_URL}) and run `snakemake download_data`."
+        f"data_url (the upstream archive is {UPSTREAM_URL}) and run `{DOWNLOAD_COMMAND}`."
     )
 
 
@@ -93,7 +97,7 @@ def download_archive(url: str, dest, required=(), timeout: float = 60.0) -> Path
         if total is not None and done != total:
             raise DownloadError(
                 f"the download of {url} stopped after {done:,} of {total:,} bytes (the "
-                "connection dropped?): run `snakemake download_data` again, or " + DO_BY_HAND
+                f"connection dropped?): run `{DOWNLOAD_COMMAND}` again, or " + DO_BY_HAND
             )
         names = check_archive(tmp, required, origin=url)
     log.info("saved %s: %d datasets, %.1f MiB", dest, len(names), done / MIB)
@@ -124,7 +128,7 @@ def _open(url: str, timeout: float):
         reason = getattr(exc, "reason", exc)
         raise DownloadError(
             f"cannot reach {url} ({reason}): this machine may be offline or need a proxy "
-            "(https_proxy). Run `snakemake download_data` where the network is reachable, or "
+            f"(https_proxy). Run `{DOWNLOAD_COMMAND}` where the network is reachable, or "
             + DO_BY_HAND
         ) from None
     length = response.headers.get("Content-Length")
@@ -150,7 +154,7 @@ def _copy(source, path: Path, url: str, total: int | None) -> int:
     except (OSError, http.client.HTTPException) as exc:
         raise DownloadError(
             f"the download of {url} broke off after {done:,} bytes ({exc!r}): run "
-            "`snakemake download_data` again, or " + DO_BY_HAND
+            f"`{DOWNLOAD_COMMAND}` again, or " + DO_BY_HAND
         ) from None
     return done
 

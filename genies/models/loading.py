@@ -15,7 +15,6 @@ error (slow and numerically fragile there; use bfloat16 or float32).
 from __future__ import annotations
 
 import importlib.util
-import json
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,13 +24,12 @@ import torch
 
 from genies.data.chat import mark
 from genies.errors import GeniesError
-from genies.io import RunRecord
+from genies.io import MODEL_INFO_FILE, RunRecord, read_model_info  # noqa: F401 - re-exported
 from genies.models.context import max_positions
 from genies.models.layout import LINK_FILE, WEIGHT_SHARE, model_layout, weights_folder
 from genies.models.sources import model_files_problem
 from genies.versions import MODEL_PACKAGES, check_versions
 
-MODEL_INFO_FILE = "genies_model.json"
 SENTENCEPIECE_FILE = "tokenizer.model"
 DTYPES = {
     "float32": torch.float32,
@@ -279,7 +277,7 @@ def is_sequence_classifier(config) -> bool:
 
 def registry_spec(model_dir) -> dict:
     """The registry entry a prepared model directory was made from ({} for a plain HF one)."""
-    return _model_info(model_dir).get("spec", {})
+    return read_model_info(model_dir).get("spec", {})
 
 
 PROVENANCE_KEYS = ("source", "repo", "revision", "commit", "path", "gguf_file")
@@ -289,7 +287,7 @@ def model_provenance(model_dir) -> dict:
     """Where a prepared model came from, for the runs that use it (`genies.io.RunRecord`): its
     source and, for a Hub model, the repository, the configured revision and the commit it
     resolved to at preparation; a local model's path. {} for a plain HF directory."""
-    description = _model_info(model_dir).get("description", {})
+    description = read_model_info(model_dir).get("description", {})
     return {key: description[key] for key in PROVENANCE_KEYS if key in description}
 
 
@@ -299,11 +297,6 @@ def model_run(job: str, model_name: str, model_dir, **fields) -> RunRecord:
     return RunRecord(
         job, model=model_name, models={model_name: model_provenance(model_dir)}, **fields
     )
-
-
-def _model_info(model_dir) -> dict:
-    info = Path(model_dir) / MODEL_INFO_FILE
-    return json.loads(info.read_text()) if info.is_file() else {}
 
 
 def _device_map_target(dev: torch.device):

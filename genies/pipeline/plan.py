@@ -71,6 +71,7 @@ REPORT_TEMPLATES = {
     "generalization_plot": REPORT_DIR + "/{model}.generalization_vs_zero_shot.png",
     "de_bars": REPORT_DIR + "/{model}.de_bars.png",
     "comparisons_md": REPORT_DIR + "/{model}.comparisons.md",
+    "results_json": REPORT_DIR + "/{model}.json",  # the run's results file (genies.results.summary)
 }
 
 
@@ -244,6 +245,17 @@ class Plan:
         user's own, every run model otherwise."""
         base = self.entries[intervention].base
         return [base] if base is not None else self.models
+
+    def models_behind(self, model: str) -> list[str]:
+        """The registry models whose weights a run model's numbers come from: the model, and
+        the reward models and DPO policies and references its interventions read."""
+        reads = (
+            m
+            for name, entry in self.entries.items()
+            if model in self.models_of(name)
+            for m in entry.reads
+        )
+        return list(dict.fromkeys([model, *reads]))
 
     def train_eval_pairs(self, intervention: str) -> list[tuple[str, str]]:
         """(train, eval) pairs a cell needs from `intervention`, in a stable order.

@@ -16,6 +16,8 @@ Per model, `report_paths(model)` names the outputs (under results/genies_table/)
 - `<model>.generalization_vs_zero_shot.png`: paper figure 5, generalisation accuracy against
   the zero-shot accuracy on the target, one point per shift, one marker per intervention, with
   the diagonal (no change over zero-shot).
+- `<model>.json`: the run's results file (`genies.results.summary`): the table, the cells,
+  the comparisons, the resolved config, the prepared models and the package versions.
 - `<model>.de_bars.png`: Table 5 as bars, avg DE per intervention with its 95% paired prompt
   bootstrap interval (`avg_differential_elicitation_low` / `_high`), plus the capable DE as a
   dashed line.
@@ -38,6 +40,7 @@ from matplotlib.figure import Figure
 from genies.io import atomic_path
 from genies.pipeline.plan import BASELINE, REPORT_TEMPLATES
 from genies.results.database import connect
+from genies.results.summary import write_summary
 
 #: Column of the genies_table view -> heading of the Markdown table.
 TABLE_HEADINGS = {
@@ -361,9 +364,18 @@ def comparisons_markdown(model: str, comparisons: pd.DataFrame) -> str:
     )
 
 
-def write_reports(database, model: str, paths: dict | None = None) -> dict[str, str]:
-    """Write every output of `report_paths(model)` (or the given paths) from results.duckdb."""
+def write_reports(
+    database,
+    model: str,
+    paths: dict | None = None,
+    config: dict | None = None,
+    model_dirs: dict | None = None,
+) -> dict[str, str]:
+    """Write every output of `report_paths(model)` (or the given paths) from results.duckdb;
+    the results file records `config` and the prepared `model_dirs` (name -> directory) the
+    numbers come from (`genies.results.summary`)."""
     paths = paths or report_paths(model)
+    write_summary(database, model, paths["results_json"], config or {}, model_dirs or {})
     frames = read_model_frames(database, model)
     table, cells = frames["genies_table"], frames["cells"]
     wide = shift_matrix_wide(frames["shift_matrix"])
