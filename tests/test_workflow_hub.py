@@ -4,7 +4,6 @@ the resolved commits reach results.duckdb, and a moved branch reruns nothing."""
 
 import json
 
-import duckdb
 import pytest
 
 from genies.models.loading import MODEL_INFO_FILE
@@ -13,7 +12,7 @@ from genies.models.prepare import prepare_model
 from .fake_hub import FakeHub
 from .fixtures import make_genies_folder, tiny_reward_model_dir, workflow_config
 from .test_hub import model_files
-from .workflow import planned_jobs, snakemake, write_config
+from .workflow import planned_jobs, query, snakemake, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -56,16 +55,6 @@ def run(tmp_path_factory):
         snakemake(work, "genies_table")
         hub.add_repo("org/tiny", model_files(root / "tiny1"))  # main moves on
         yield {"work": work, "commits": commits, "hub": hub}
-
-
-def query(work, sql):
-    con = duckdb.connect(str(work / "results/results.duckdb"), read_only=True)
-    try:
-        cursor = con.execute(sql)
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    finally:
-        con.close()
 
 
 def test_the_commits_are_in_the_models_table_and_every_run(run):
