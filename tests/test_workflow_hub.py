@@ -33,6 +33,7 @@ def run(tmp_path_factory):
     }
     config = workflow_config(
         data,
+        shifts="extreme",  # one shift: what is checked here does not depend on how many
         models={
             "tiny": {"source": "hf", "repo": "org/tiny", "revision": "main"},
             "tiny-policy": {"source": "hf", "repo": "org/tiny-policy"},
