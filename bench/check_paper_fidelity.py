@@ -80,9 +80,9 @@ VERDICT = re.compile(r"\((yes|no)\)")
 # --- recomputation ------------------------------------------------------------------------------
 
 
-def load_published(published_folder: Path, data_dir: Path, workdir: Path) -> dict:
-    """The imported runs and capabilities, the cells of every registered shift, the shift
-    registry and the rows of the genies_table view, as pandas frames."""
+def import_runs(published_folder: Path, data_dir: Path, workdir: Path, n_resamples: int):
+    """(imported tables, cells of every registered shift, shift registry) of the published
+    runs, imported into `workdir`; `n_resamples` bootstrap draws per cell interval."""
     from genies.data.shifts import shift_sets, shifts_table
     from genies.results import published
 
@@ -91,9 +91,14 @@ def load_published(published_folder: Path, data_dir: Path, workdir: Path) -> dic
     tables = published.read_imported(paths)
     sets = shift_sets(data_dir)
     registry = shifts_table(sets["genies"], sets)
+    return tables, published.published_cells(tables, registry, n_resamples=n_resamples), registry
+
+
+def load_published(published_folder: Path, data_dir: Path, workdir: Path) -> dict:
+    """The imported runs and capabilities, the cells of every registered shift, the shift
+    registry and the rows of the genies_table view, as pandas frames."""
     # No interval is read here: the fewest bootstrap draws.
-    cells = published.published_cells(tables, registry, n_resamples=2)
-    return frames(tables, cells, registry)
+    return frames(*import_runs(published_folder, data_dir, workdir, n_resamples=2))
 
 
 def frames(tables: dict, cells, registry) -> dict:

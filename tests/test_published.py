@@ -375,13 +375,7 @@ real = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def real_import(tmp_path_factory):
     out = tmp_path_factory.mktemp("real")
-    paths = {name: out / f"{name}.parquet" for name in published.OUTPUTS}
-    published.import_published(REAL_PUBLISHED, REAL_DATA, paths)
-    tables = published.read_imported(paths)
-    sets = shift_sets(REAL_DATA)
-    registry = shifts_table(sets["genies"], sets)
-    cells = published.published_cells(tables, registry, n_resamples=20)
-    return tables, cells, registry
+    return _fidelity_check_module().import_runs(REAL_PUBLISHED, REAL_DATA, out, n_resamples=20)
 
 
 def _csv_rows():
