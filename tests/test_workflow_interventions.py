@@ -29,17 +29,6 @@ def workdir(tmp_path_factory):
     return root
 
 
-def predictions(workdir):
-    con = duckdb.connect(str(workdir / "results/results.duckdb"), read_only=True)
-    try:
-        return con.execute(
-            "select * from predictions order by model, intervention, train, eval, example_id, "
-            "pair_index"
-        ).fetchall()
-    finally:
-        con.close()
-
-
 def test_every_intervention_predicts_every_needed_pair(workdir):
     plan = Plan(CONFIGS[workdir])
     for path in plan.prediction_files():
